@@ -1,0 +1,1 @@
+"""Clients: the browser page (web/) and the Python client."""

@@ -1,0 +1,1 @@
+"""Generators behind one interface (model.base). Importing this package imports no torch."""

@@ -1,0 +1,35 @@
+"""The ``passthrough`` generator: the source frames (or the reference) unchanged.
+
+It is the cheapest fallback a live session can show for a slot, and lets the engine be tested without
+any model. It reports that it did not re-animate anything.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from model.base import AudioMargins, ChunkRequest, ChunkResult
+
+
+class PassthroughGenerator:
+    name = "passthrough"
+    audio_margins = AudioMargins()
+    default_color_correction = 0.0
+    applies_color_correction = False
+
+    def generate(self, request: ChunkRequest) -> ChunkResult:
+        started = time.perf_counter()
+        if request.source_frames is not None:
+            frames = request.source_frames[request.num_context :]
+        else:
+            frames = np.broadcast_to(request.reference_frame, (request.num_new, *request.reference_frame.shape))
+        return ChunkResult(np.ascontiguousarray(frames), time.perf_counter() - started, {"animated": False})
+
+    def close(self) -> None:
+        pass
+
+
+def build(**options) -> PassthroughGenerator:
+    return PassthroughGenerator()

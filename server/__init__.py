@@ -1,0 +1,1 @@
+"""The livedub front end: CLI, WebRTC server, control websocket, MQTT."""

@@ -1,0 +1,140 @@
+"""The ``livedub`` command. Each subcommand imports what it needs only when it runs, so ``--help`` is fast.
+
+Errors caused by the user's input print one line and exit with status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from streaming.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"bad strength {text!r}: accepted is a number from 0 to 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"bad value {text!r}: accepted is a whole number >= 1")
+    return int(text)
+
+
+def _size(text: str):
+    from streaming.source import parse_size
+
+    try:
+        return parse_size(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_generator_options(parser: argparse.ArgumentParser) -> None:
+    from model.registry import GENERATORS
+
+    names = ", ".join(f"{n} ({d})" for n, (_, _, d) in GENERATORS.items())
+    parser.add_argument("--generator", default="lite", metavar="NAME", help=f"one of: {names}")
+    parser.add_argument("--weights", metavar="DIR", help="weights directory (infinitetalk; see README)")
+    parser.add_argument("--device", default=None, help="torch device for model generators (default: cuda if present)")
+
+
+def generator_options(args: argparse.Namespace) -> dict:
+    options = {}
+    if getattr(args, "weights", None):
+        options["weights"] = args.weights
+    if getattr(args, "device", None):
+        options["device"] = args.device
+    return options
+
+
+def _add_dub(commands) -> None:
+    parser = commands.add_parser("dub", help="dub a video (or still image) with a speech file, write an mp4",
+                                 description="Dub SOURCE (a video or a still image) with the speech in AUDIO.")
+    parser.add_argument("source", help="video or image whose speaker is re-animated")
+    parser.add_argument("audio", help="speech: wav, flac, mp3, m4a or a video with sound")
+    parser.add_argument("-o", "--output", help="output mp4 (default: SOURCE_dubbed.mp4 here)")
+    add_generator_options(parser)
+    parser.add_argument("--size", type=_size, default=480, help="480 (default) or 720 bucket, or WxH")
+    parser.add_argument("--keyframe-interval", type=_positive_int, default=72, metavar="FRAMES",
+                        help="source keyframe spacing; each chunk's reference is the nearest (default 72)")
+    parser.add_argument("--color-correction", type=_strength, default=None, metavar="0..1",
+                        help="colour transfer towards the reference (default: the generator's)")
+    parser.add_argument("--source-end", choices=("hold", "loop"), default="hold",
+                        help="when the source is shorter than the speech: hold its last frame or loop it")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--report", metavar="JSON", help="also write a per-chunk report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_dub)
+
+
+def _run_dub(args: argparse.Namespace) -> int:
+    from streaming.dub import DubSettings, ProgressBar, default_output_name, dub
+
+    settings = DubSettings(generator=args.generator, size=args.size, keyframe_interval=args.keyframe_interval,
+                           color_correction=args.color_correction, source_end=args.source_end, seed=args.seed,
+                           generator_options=generator_options(args))
+    output = args.output or default_output_name(args.source)
+    report = dub(args.source, args.audio, output, settings, progress=None if args.quiet else ProgressBar())
+    print(report.summary())
+    if args.report:
+        with open(args.report, "w") as handle:
+            json.dump({"output": report.output, "frames": report.frames, "seconds": report.seconds,
+                       "chunks": [vars(c) for c in report.chunks]}, handle, indent=1)
+    return 0
+
+
+def _add_demo(commands) -> None:
+    parser = commands.add_parser("demo", help="build demo media offline and dub it with the lite generator")
+    parser.add_argument("--folder", default="demo", help="where the demo media and result go (default ./demo)")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from server.demo import prepare
+    from streaming.dub import DubSettings, ProgressBar, dub
+
+    source, speech = prepare(args.folder)
+    output = os.path.join(args.folder, "astronaut_dubbed.mp4")
+    print(f"demo: dubbing {source} with {speech} (generator lite)")
+    report = dub(source, speech, output, DubSettings(), progress=ProgressBar())
+    print(report.summary())
+    return 0
+
+
+SUBCOMMANDS = [_add_dub, _add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livedub", description="Real-time streaming video dubbing.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as exc:
+        print(f"livedub {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"livedub {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

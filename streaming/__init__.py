@@ -1,0 +1,1 @@
+"""Time and orchestration, generator-agnostic; importable without torch."""

@@ -1,0 +1,117 @@
+"""From speech, source and previous output to chunk requests, and from results to output frames.
+
+Shared by offline dubbing and live sessions: the request for chunk k (audio window with the generator's
+margins, nearest keyframe as reference, the last output frames as context, the source frames of the
+window) and what happens to a result (colour correction against the chunk's reference, then the new
+context is taken from the corrected frames, as the official loop does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+from model.base import ChunkRequest, ChunkResult, Generator, Tier
+from streaming.audio import VoiceActivity
+from streaming.chunker import Chunk, ChunkPlan, nearest_keyframe
+from streaming.color import match_colors_uint8
+from streaming.source import VideoSource
+
+
+class AudioBuffer(Protocol):
+    def read(self, first: int, last: int) -> np.ndarray:
+        """16 kHz samples [first, last) (absolute indices); zeros where there is no audio."""
+
+
+class AudioTrack:
+    """A whole speech track in memory (offline dubbing)."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self.samples = np.asarray(samples, dtype=np.float32)
+
+    def read(self, first: int, last: int) -> np.ndarray:
+        out = np.zeros(max(0, last - first), np.float32)
+        lo, hi = max(first, 0), min(last, self.samples.size)
+        if hi > lo:
+            out[lo - first : hi - first] = self.samples[lo:hi]
+        return out
+
+
+@dataclasses.dataclass
+class ChunkReport:
+    index: int
+    start_frame: int
+    new_frames: int
+    reference_index: int
+    speech_fraction: float
+    seconds: float
+    info: dict
+
+
+class ChunkEngine:
+    """Builds each chunk's request and turns its result into output frames, carrying the context."""
+
+    def __init__(self, source: VideoSource, generator: Generator, plan: ChunkPlan = ChunkPlan(),
+                 keyframe_interval: int = 72, color_strength: float | None = None, seed: int = 42) -> None:
+        self.source = source
+        self.generator = generator
+        self.plan = plan
+        self.keyframe_interval = keyframe_interval
+        self.color_strength = generator.default_color_correction if color_strength is None else color_strength
+        self.seed = seed
+        self._context: np.ndarray | None = None
+        self._vad = VoiceActivity()
+
+    def reference_index(self, chunk: Chunk) -> int:
+        return nearest_keyframe(chunk.start_frame, self.keyframe_interval)
+
+    def request(self, index: int, audio: AudioBuffer, audio_end_frame: int | None = None,
+                tier: Tier = Tier()) -> ChunkRequest:
+        chunk = self.plan.chunk(index)
+        first, last, offset = self.plan.audio_span(chunk, self.generator.audio_margins)
+        reference_index = self.reference_index(chunk)
+        reference = self.source.frame(reference_index)
+        window = None if self.source.is_still else self.source.frames(chunk.start_frame, chunk.num_frames)
+        context = self._context if index > 0 else None
+        if index > 0 and context is None:
+            raise RuntimeError(f"chunk {index} requested before chunk {index - 1} was accepted")
+        return ChunkRequest(
+            index=index, start_frame=chunk.start_frame, num_frames=chunk.num_frames,
+            audio=audio.read(first, last), audio_offset=offset,
+            reference_frame=reference, reference_index=reference_index,
+            context_frames=context, source_frames=window, audio_end_frame=audio_end_frame,
+            tier=tier, seed=self.seed + index, color_strength=self.color_strength)
+
+    def accept(self, request: ChunkRequest, result: ChunkResult) -> np.ndarray:
+        """The chunk's new output frames (colour-corrected); keeps the last frames as the next context."""
+        frames = np.asarray(result.frames)
+        expected = (request.num_new, *request.size, 3)
+        if frames.shape != expected or frames.dtype != np.uint8:
+            raise RuntimeError(f"{self.generator.name} returned frames {frames.shape} {frames.dtype}, "
+                               f"expected {expected} uint8")
+        if self.color_strength > 0 and not getattr(self.generator, "applies_color_correction", False):
+            frames = match_colors_uint8(frames, request.reference_frame, self.color_strength)
+        self.set_context(frames, request.context_frames)
+        return frames
+
+    def set_context(self, new_frames: np.ndarray, previous_context: np.ndarray | None = None) -> None:
+        """Carry the last output frames into the next chunk (also used when a fallback filled the slot)."""
+        if self.plan.context == 0:
+            self._context = new_frames[:0]
+            return
+        tail = new_frames[-self.plan.context :]
+        if len(tail) < self.plan.context and previous_context is not None:
+            tail = np.concatenate([previous_context, tail])[-self.plan.context :]
+        self._context = np.ascontiguousarray(tail)
+
+    def release(self, next_index: int) -> None:
+        """Free source frames no later chunk needs."""
+        self.source.release_before(self.plan.chunk(next_index).start_frame)
+
+    def report(self, request: ChunkRequest, result: ChunkResult) -> ChunkReport:
+        return ChunkReport(index=request.index, start_frame=request.start_frame, new_frames=request.num_new,
+                           reference_index=request.reference_index,
+                           speech_fraction=self._vad.speech_fraction(request.window_audio()),
+                           seconds=result.seconds, info=dict(result.info))

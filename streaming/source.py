@@ -1,0 +1,220 @@
+"""The source video (or still image): decoded to 25 fps by timestamp, resized and centre-cropped.
+
+Deliberate deviation from the official code, which indexes source frames directly as 25 fps frames (a
+29.97 fps source drifts by 20 % against the audio): output frame n shows the last source frame whose
+presentation time is <= n/25 s. Frames are read sequentially into a bounded look-ahead buffer, so a
+source of any length is held in memory only a window at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Iterator
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from model.base import FPS
+from streaming.errors import InputError
+
+# The official 480 / 720 bucket tables (spec §2.1), keyed by h/w ratio; values are (height, width).
+BUCKETS = {
+    480: {"0.26": (320, 1216), "0.38": (384, 1024), "0.50": (448, 896), "0.67": (512, 768),
+          "0.82": (576, 704), "1.00": (640, 640), "1.22": (704, 576), "1.50": (768, 512),
+          "1.86": (832, 448), "2.00": (896, 448), "2.50": (960, 384), "2.83": (1088, 384),
+          "3.60": (1152, 320), "3.80": (1216, 320), "4.00": (1280, 320)},
+    720: {"0.22": (448, 2048), "0.29": (512, 1792), "0.36": (576, 1600), "0.45": (640, 1408),
+          "0.55": (704, 1280), "0.63": (768, 1216), "0.76": (832, 1088), "0.88": (896, 1024),
+          "1.00": (960, 960), "1.14": (1024, 896), "1.31": (1088, 832), "1.50": (1152, 768),
+          "1.58": (1216, 768), "1.82": (1280, 704), "1.91": (1344, 704), "2.20": (1408, 640),
+          "2.30": (1472, 640), "2.67": (1536, 576), "2.89": (1664, 576), "3.62": (1856, 512),
+          "3.75": (1920, 512)},
+}
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 16
+SIZE_HELP = "480, 720 (the official buckets) or WxH with sides multiples of 16 in [64, 2048], e.g. 512x512"
+SOURCE_ENDS = ("hold", "loop")
+KEYFRAME_HORIZON = 96  # frames; more than one 81-frame window
+
+
+def bucket_size(height: int, width: int, table: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose ratio key is closest to h/w; the first one on a tie (official rule)."""
+    ratio = height / width
+    key = min(table, key=lambda k: abs(float(k) - ratio))
+    return table[key]
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """``480`` / ``720`` -> bucket; ``WxH`` -> (height, width)."""
+    text = str(text).strip().lower()
+    if text.isdigit() and int(text) in BUCKETS:
+        return int(text)
+    parts = text.split("x")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        width, height = int(parts[0]), int(parts[1])
+        if all(MIN_SIDE <= s <= MAX_SIDE and s % SIDE_MULTIPLE == 0 for s in (width, height)):
+            return height, width
+    raise InputError(f"bad size {text!r}: accepted are {SIZE_HELP}")
+
+
+def resize_and_centercrop(image: np.ndarray, size: tuple[int, int], resample=Image.BILINEAR) -> np.ndarray:
+    """Official ``resize_and_centercrop``: scale to cover, PIL bilinear, centre crop with rounded offsets."""
+    target_h, target_w = size
+    h, w = image.shape[:2]
+    scale = max(target_h / h, target_w / w)
+    new_h, new_w = math.ceil(scale * h), math.ceil(scale * w)
+    if (new_h, new_w) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample))
+    top = int(round((new_h - target_h) / 2))
+    left = int(round((new_w - target_w) / 2))
+    return np.ascontiguousarray(image[top : top + target_h, left : left + target_w])
+
+
+class VideoSource:
+    """Frames of a video or still image on the 25 fps output timeline, at the output size.
+
+    Reads are sequential: ``frame(n)`` decodes ahead as far as ``n`` and ``release_before(n)`` frees what
+    is no longer needed. Keyframes (every ``keyframe_interval`` frames) are kept a little longer, so a
+    chunk's reference may lie before its window. Past the source's end the last frame is held, or the
+    source plays again from its start.
+    """
+
+    def __init__(self, path: str | os.PathLike, size: int | tuple[int, int] = 480, end: str = "hold",
+                 keyframe_interval: int = 72) -> None:
+        if end not in SOURCE_ENDS:
+            raise InputError(f"bad source end {end!r}: accepted are {', '.join(SOURCE_ENDS)}")
+        if keyframe_interval < 1:
+            raise InputError(f"bad keyframe interval {keyframe_interval}: accepted is a whole number of frames >= 1")
+        self.path = os.fspath(path)
+        self.end = end
+        self.keyframe_interval = keyframe_interval
+        if not os.path.exists(self.path):
+            raise InputError(f"source not found: {self.path} (give a video or an image)")
+        if os.path.isdir(self.path):
+            raise InputError(f"source path is a folder: {self.path} (give a video or an image)")
+        self._still = _read_image(self.path)
+        native = self._still if self._still is not None else self._probe_first_frame()
+        self.native_size = native.shape[:2]
+        self.size = bucket_size(*self.native_size, BUCKETS[size]) if isinstance(size, int) else tuple(size)
+        if self._still is not None:
+            self._still = resize_and_centercrop(self._still, self.size)
+        self._buffer: deque[np.ndarray] = deque()
+        self._buffer_start = 0  # output index of _buffer[0]
+        self._keyframes: dict[int, np.ndarray] = {}
+        self._frames: Iterator[np.ndarray] | None = None
+        self._decoded = 0
+        self._last: np.ndarray | None = self._still
+        # Frames in one pass of the source on the output timeline; known once decoding reached the end.
+        self.length: int | None = 1 if self._still is not None else None
+
+    @property
+    def is_still(self) -> bool:
+        return self._still is not None
+
+    def _probe_first_frame(self) -> np.ndarray:
+        try:
+            with av.open(self.path) as container:
+                if not container.streams.video:
+                    raise InputError(f"no video stream in {self.path} (give a video or an image)")
+                for frame in container.decode(video=0):
+                    return frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"cannot read source {self.path}: not a video or image ({str(exc)[:120]}); "
+                             "accepted: any video FFmpeg decodes, or a png/jpg/webp image") from None
+        raise InputError(f"source video {self.path} has no frames")
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s."""
+        out_index = 0
+        previous: np.ndarray | None = None
+        previous_end = Fraction(0)
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            origin = None
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.time_base is None:
+                    time = previous_end  # no timestamps: frames follow each other
+                else:
+                    pts = Fraction(frame.pts) * frame.time_base
+                    origin = pts if origin is None else origin
+                    time = pts - origin
+                image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), self.size)
+                if previous is not None:
+                    while Fraction(out_index, FPS) < time:
+                        yield previous
+                        out_index += 1
+                previous = image
+                previous_end = time + _frame_duration(frame, stream)
+        if previous is None:
+            raise InputError(f"source video {self.path} has no decodable frames")
+        # The last frame lasts its duration, rounded to whole output frames (at least one).
+        while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
+            yield previous
+            out_index += 1
+
+    def _next_frame(self) -> np.ndarray:
+        if self._frames is None:
+            self._frames = self._decode()
+        try:
+            image = next(self._frames)
+        except StopIteration:
+            if self.length is None:
+                self.length = self._decoded
+            if self.end == "hold":
+                return self._last
+            self._frames = self._decode()
+            image = next(self._frames)
+        if self.length is None:
+            self._decoded += 1
+        self._last = image
+        return image
+
+    def frame(self, index: int) -> np.ndarray:
+        """Output-timeline frame ``index`` (RGB uint8 [H, W, 3])."""
+        if self._still is not None:
+            return self._still
+        if index < self._buffer_start:
+            if index in self._keyframes:
+                return self._keyframes[index]
+            raise IndexError(f"frame {index} was released (buffer starts at {self._buffer_start})")
+        while index >= self._buffer_start + len(self._buffer):
+            position = self._buffer_start + len(self._buffer)
+            image = self._next_frame()
+            self._buffer.append(image)
+            if position % self.keyframe_interval == 0:
+                self._keyframes[position] = image
+                # Keep the keyframes a later chunk can still pick: within a window and two intervals.
+                horizon = position - 2 * self.keyframe_interval - KEYFRAME_HORIZON
+                for old in [k for k in self._keyframes if k < horizon]:
+                    del self._keyframes[old]
+        return self._buffer[index - self._buffer_start]
+
+    def frames(self, start: int, count: int) -> np.ndarray:
+        return np.stack([self.frame(i) for i in range(start, start + count)])
+
+    def release_before(self, index: int) -> None:
+        while self._buffer and self._buffer_start < index:
+            self._buffer.popleft()
+            self._buffer_start += 1
+
+
+def _frame_duration(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> Fraction:
+    if getattr(frame, "duration", None) and frame.time_base is not None:
+        return Fraction(frame.duration) * frame.time_base
+    rate = stream.average_rate or stream.guessed_rate or FPS
+    return 1 / Fraction(rate)
+
+
+def _read_image(path: str) -> np.ndarray | None:
+    """RGB array of a still image, or None when ``path`` is not an image PIL knows."""
+    try:
+        with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                return None  # animated: decode as video
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError):
+        return None
