@@ -1,0 +1,93 @@
+"""Helpers shared by the live server tests: media files, speech fed in real time, a local mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+from streaming.ingest import PLAYOUT_RATE
+
+SPEECH_16K = "/usr/share/codec2/raw/speech_orig_16k.wav"
+
+
+def write_still(path: str, colour: tuple[int, int, int], size: int = 128) -> str:
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:] = colour
+    image[size // 4 : size // 2, size // 4 : size // 2] = 255 - np.asarray(colour, np.uint8)  # some structure
+    Image.fromarray(image).save(path)
+    return path
+
+
+def speech_48k(seconds: float) -> np.ndarray:
+    """Real read speech (codec2-examples) at 48 kHz mono float32, cut to ``seconds``."""
+    with av.open(SPEECH_16K) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=PLAYOUT_RATE)
+        pieces = [o.to_ndarray().reshape(-1) for f in container.decode(audio=0) for o in resampler.resample(f)]
+    samples = np.concatenate(pieces)
+    return samples[: int(seconds * PLAYOUT_RATE)].astype(np.float32)
+
+
+def audio_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)[None, :]
+    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+    frame.sample_rate = PLAYOUT_RATE
+    frame.pts = pts
+    frame.time_base = Fraction(1, PLAYOUT_RATE)
+    return frame
+
+
+async def feed_in_real_time(session, samples: np.ndarray, block: int = 960) -> None:
+    """Push ``samples`` into a session's ingest as a sender would: 20 ms frames at wall-clock pace."""
+    started = time.monotonic()
+    for k in range(len(samples) // block):
+        due = started + k * block / PLAYOUT_RATE
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        session.ingest.push(audio_frame(samples[k * block : (k + 1) * block], k * block), session.session_time())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Mosquitto:
+    """A mosquitto broker on a free local port, started and stopped by the test."""
+
+    def __init__(self, folder: str, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.config = os.path.join(folder, "mosquitto.conf")
+        with open(self.config, "w") as handle:
+            handle.write(f"per_listener_settings true\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                         "persistence false\n" + ("user root\n" if os.geteuid() == 0 else ""))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Mosquitto":
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([binary, "-c", self.config], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
