@@ -40,11 +40,11 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_generator_options(parser: argparse.ArgumentParser) -> None:
+def add_generator_options(parser: argparse.ArgumentParser, default: str | None = "lite") -> None:
     from model.registry import GENERATORS
 
     names = ", ".join(f"{n} ({d})" for n, (_, _, d) in GENERATORS.items())
-    parser.add_argument("--generator", default="lite", metavar="NAME", help=f"one of: {names}")
+    parser.add_argument("--generator", default=default, metavar="NAME", help=f"one of: {names} (default lite)")
     parser.add_argument("--weights", metavar="DIR", help="weights directory (infinitetalk; see README)")
     parser.add_argument("--device", default=None, help="torch device for model generators (default: cuda if present)")
 
@@ -112,7 +112,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_dub, _add_demo]
+def _add_serve(commands) -> None:
+    from server.serve import add_serve
+
+    add_serve(commands)
+
+
+def _add_client(commands) -> None:
+    from client.live import add_client
+
+    add_client(commands)
+
+
+SUBCOMMANDS = [_add_dub, _add_demo, _add_serve, _add_client]
 
 
 def build_parser() -> argparse.ArgumentParser:

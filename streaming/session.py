@@ -43,7 +43,7 @@ MAX_DELAY = 30.0
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
     delay: float = 4.2  # glass-to-glass latency budget, seconds
-    lead: float = 0.1  # frames leave this early to cover encoding, network and the jitter buffer
+    lead: float = 0.2  # frames leave this early to cover both WebRTC legs (encode, network, jitter buffers)
     playout_margin: float = 0.04  # a result must be in this long before its slot's first frame
     capture_grace: float = 0.06  # wait this long past a chunk's capture end for late packets
     keyframe_interval: int = 72

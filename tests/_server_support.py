@@ -91,3 +91,33 @@ class Mosquitto:
             self.process.kill()
             self.process.wait(5)
         self.process = None
+
+
+def loopback_candidates(monkeypatch) -> None:
+    """aioice never offers 127.0.0.1; loopback tests make it (for this test only)."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+def source_folder(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    write_still(os.path.join(folder, "red.png"), (200, 30, 30))
+    write_still(os.path.join(folder, "blue.png"), (30, 30, 200))
+    return folder
+
+
+async def start_server(folder: str, **settings):
+    """A LiveServer on a free local port with the passthrough generator; stop it with ``stop()``."""
+    from server.app import LiveServer
+    from server.config import build_config
+
+    config = build_config({"sources": source_folder(folder), "port": 0, "generator": "passthrough",
+                           "delay": 3.8, **settings})
+    server = LiveServer(config)
+    await server.start()
+    return server
+
+
+def control_url(server) -> str:
+    return server.url.replace("http://", "ws://") + "control"

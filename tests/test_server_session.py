@@ -91,10 +91,11 @@ async def test_session_generates_every_chunk_on_time_and_ends_after_the_speech(s
     # Every frame from the first slot to the end of the speech came from a generated chunk.
     speech_frames = [kind for n, kind, _ in played if 0 <= n < session.end_frame]
     assert speech_frames and set(speech_frames) == {"generated"}
-    assert session.end_frame in (50, 51)  # 2 s of speech, from a few ms after the start
+    # 2 s of speech, placed from its arrival a little after the session's start.
+    assert session.end_frame == -(-session.ingest.ended_at // 640) and 50 <= session.end_frame <= 55
     stats = session.stats()
     assert stats["chunks"]["generated"] == len(chunks) and stats["chunks"]["late"] == 0
-    assert stats["ingest"]["seconds"] == pytest.approx(2.0, abs=0.05)
+    assert 2.0 <= stats["ingest"]["seconds"] <= 2.2
 
 
 async def test_reference_swap_takes_effect_at_the_next_chunk(stills):
@@ -202,6 +203,6 @@ async def test_idle_session_ends_by_itself(stills):
 
 
 def test_delay_below_one_chunk_is_refused():
-    with pytest.raises(InputError, match="bad delay 2.0: accepted is 3.54 to 30 seconds"):
+    with pytest.raises(InputError, match="bad delay 2.0: accepted is 3.64 to 30 seconds"):
         check_delay(2.0, ChunkPlan(), 0.0, SessionSettings())
     assert check_delay(4.2, ChunkPlan(), 0.0, SessionSettings()) == 4.2
