@@ -22,6 +22,7 @@ class ControlClient:
         self.url = url
         self.token = token
         self.events: asyncio.Queue = asyncio.Queue(maxsize=max_events)
+        self.unmatched: asyncio.Queue = asyncio.Queue(maxsize=max_events)  # replies to ``send_raw``
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._socket = None
@@ -47,6 +48,8 @@ class ControlClient:
                     future.set_result(message)
                 elif message.get("type") == "event" and not self.events.full():
                     self.events.put_nowait(message)
+                elif message.get("type") != "event" and not self.unmatched.full():
+                    self.unmatched.put_nowait(message)
         except websockets.ConnectionClosed:
             pass
         finally:
