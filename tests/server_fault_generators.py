@@ -43,11 +43,16 @@ def build_raising(**options) -> RaisingGenerator:
     return RaisingGenerator(**options)
 
 
+def build_raising_first(**options) -> RaisingGenerator:
+    return RaisingGenerator(fail_chunks=(0,))
+
+
 def build_slow(**options) -> SlowGenerator:
     return SlowGenerator(**options)
 
 
 REGISTRY = {
     "raising": (__name__, "build_raising", "raises on chosen chunks"),
+    "raising_first": (__name__, "build_raising_first", "raises on the first chunk"),
     "slow": (__name__, "build_slow", "sleeps per chunk"),
 }
