@@ -56,7 +56,9 @@ class ControlChannel:
         self.subscriptions: set[str] = set()
 
     def wants(self, event: dict) -> bool:
-        return self.authorized and ("*" in self.subscriptions or event.get("session") in self.subscriptions)
+        """Events of the sessions this client made or subscribed to, and server-wide events (e.g. MQTT)."""
+        session = event.get("session")
+        return self.authorized and (session is None or "*" in self.subscriptions or session in self.subscriptions)
 
     async def handle(self, raw: str | bytes) -> dict:
         """The reply to one raw message (never raises)."""

@@ -32,7 +32,8 @@ class MqttBridge:
     def __init__(self, config: MqttConfig, manager, make_channel) -> None:
         self.config = config
         self.manager = manager
-        self._channel = make_channel()
+        self._make_channel = make_channel
+        self._channel = None  # made at start, when the server's URL is known
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=OUTBOX)
         self._wake = asyncio.Event()
         self.state = "disconnected"
@@ -63,6 +64,7 @@ class MqttBridge:
 
     # ---- the connection loop ----------------------------------------------------------------------------
     def start(self) -> None:
+        self._channel = self._make_channel()
         self._task = asyncio.create_task(self._run(), name="mqtt")
 
     async def _run(self) -> None:
