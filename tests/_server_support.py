@@ -63,13 +63,14 @@ def free_port() -> int:
 class Mosquitto:
     """A mosquitto broker on a free local port, started and stopped by the test."""
 
-    def __init__(self, folder: str, port: int | None = None) -> None:
+    def __init__(self, folder: str, port: int | None = None, extra: str = "", anonymous: bool = True) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.config = os.path.join(folder, "mosquitto.conf")
         with open(self.config, "w") as handle:
-            handle.write(f"per_listener_settings true\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                         "persistence false\n" + ("user root\n" if os.geteuid() == 0 else ""))
+            handle.write(f"per_listener_settings true\nlistener {self.port} 127.0.0.1\n"
+                         f"allow_anonymous {'true' if anonymous else 'false'}\npersistence false\n"
+                         + ("user root\n" if os.geteuid() == 0 else "") + extra)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Mosquitto":
@@ -121,3 +122,19 @@ async def start_server(folder: str, **settings):
 
 def control_url(server) -> str:
     return server.url.replace("http://", "ws://") + "control"
+
+
+def make_tls_files(folder: str) -> dict[str, str]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl)."""
+    paths = {name: os.path.join(folder, name) for name in ("ca.key", "ca.crt", "server.key", "server.csr",
+                                                            "server.crt", "san.ext")}
+    with open(paths["san.ext"], "w") as handle:
+        handle.write("subjectAltName=IP:127.0.0.1\n")
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
+        "-days", "2", "-subj", "/CN=livedub-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["server.key"], "-out", paths["server.csr"],
+        "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
+        "-CAcreateserial", "-out", paths["server.crt"], "-days", "2", "-extfile", paths["san.ext"])
+    return paths

@@ -11,7 +11,9 @@ import aiohttp
 import aiomqtt
 import pytest
 
-from _server_support import Mosquitto, control_url, free_port, start_server
+import subprocess
+
+from _server_support import Mosquitto, control_url, free_port, make_tls_files, start_server
 from client.control import ControlClient
 
 
@@ -132,3 +134,30 @@ def _drain(control: ControlClient) -> list[dict]:
     while not control.events.empty():
         events.append(control.events.get_nowait())
     return events
+
+
+@pytest.mark.slow
+async def test_password_and_tls(tmp_path):
+    tls = make_tls_files(str(tmp_path))
+    passwords = str(tmp_path / "passwords")
+    subprocess.run(["mosquitto_passwd", "-c", "-b", passwords, "dubber", "right-pw"], check=True)
+    broker = Mosquitto(str(tmp_path), anonymous=False,
+                       extra=f"password_file {passwords}\ncafile {tls['ca.crt']}\ncertfile {tls['server.crt']}\n"
+                             f"keyfile {tls['server.key']}\ntls_version tlsv1.2\n").start()
+    (tmp_path / "right").write_text("right-pw\n")
+    (tmp_path / "wrong").write_text("wrong-pw\n")
+    servers = []
+    try:
+        for name in ("right", "wrong"):
+            servers.append(await start_server(str(tmp_path / "sources"), mqtt=f"mqtts://127.0.0.1:{broker.port}",
+                                              mqtt_username="dubber", mqtt_password_file=str(tmp_path / name),
+                                              mqtt_ca_file=tls["ca.crt"]))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and servers[0].mqtt.state != "connected":
+            await asyncio.sleep(0.1)
+        assert servers[0].mqtt.state == "connected"
+        assert servers[1].mqtt.state == "disconnected" and "135" in (servers[1].mqtt.last_error or "")
+    finally:
+        for server in servers:
+            await server.stop()
+        broker.stop()
