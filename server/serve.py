@@ -89,6 +89,13 @@ async def _serve(config, demo_speech: str | None) -> int:
 
     if config.ice_loopback:
         offer_loopback_candidates()
+    else:
+        import aioice.ice
+
+        if not aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True):
+            logging.getLogger("livedub.server").warning(
+                "no network interface besides loopback: WebRTC peers cannot connect unless you pass "
+                "--ice-loopback (browsers on this machine then need --allow-loopback-in-peer-connection)")
     server = LiveServer(config, demo_speech=demo_speech)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,6 +23,13 @@ pytestmark = [pytest.mark.slow,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _only_loopback() -> bool:
+    """No interface but lo: then both sides must use 127.0.0.1 (aioice and Chromium skip it by default)."""
+    import aioice.ice
+
+    return not aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+
+
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
@@ -30,7 +37,7 @@ def server(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--sources", source_folder(str(tmp_path / "sources")),
          "--port", str(port), "--generator", "passthrough", "--delay", "3.8", "--size", "256x256",
-         "--ice-loopback", "--log-level", "WARNING"],
+         "--log-level", "WARNING"] + (["--ice-loopback"] if _only_loopback() else []),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -67,8 +74,10 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                  f"--use-file-for-fake-audio-capture={SPEECH_16K}", "--autoplay-policy=no-user-gesture-required",
-                 "--allow-loopback-in-peer-connection", f"--user-data-dir={profile}"):
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    if _only_loopback():
+        options.add_argument("--allow-loopback-in-peer-connection")
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     try:
         yield driver
