@@ -208,3 +208,23 @@ def _camera(image: np.ndarray, index: int) -> np.ndarray:
     matrix = cv2.getRotationMatrix2D((240.0, 240.0), 0.0, scale)
     matrix[:, 2] += (0.08 * index, 0.05 * index)
     return cv2.warpAffine(image, matrix, (480, 480), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.mark.parametrize("crop", [None, (20, 240, 110, 330), (70, 210, 140, 280)])
+def test_warp_fades_out_inside_its_region(faces, crop):
+    """At any setting, the border ring of the warped region is the untouched image: no tear, no edge."""
+    from model.lite import mouth
+
+    image = skimage.data.astronaut()
+    if crop:
+        image = image[crop[0] : crop[1], crop[2] : crop[3]]
+    image = resize_and_centercrop(image, (480, 480))
+    geometry = mouth.measure(image, faces.detect(image))
+    top, bottom, left, right = geometry.box
+    ring = np.ones((bottom - top, right - left), bool)
+    ring[2:-2, 2:-2] = False
+    for opening, width in [(1.0, 1.0), (1.0, -1.0), (0.0, 0.0), (0.5, -1.0)]:
+        out = mouth.render(image, geometry, opening, width)
+        changed = np.abs(out[top:bottom, left:right].astype(int) - image[top:bottom, left:right]).max(axis=2)
+        assert changed[ring].max() <= 1, (opening, width)
+        assert (out[:top] == image[:top]).all() and (out[bottom:] == image[bottom:]).all()

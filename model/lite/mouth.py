@@ -141,14 +141,24 @@ def measure(image: np.ndarray, landmarks: np.ndarray) -> MouthGeometry | None:
     upper_weight = smoothstep((v - nose_v) / np.maximum(upper_px - nose_v, 1.0))
     upper_weight *= 1.0 - smoothstep((np.abs(u) - half_width) / (0.6 * half_width))
     # Lower face: lip shape at the lower lip, the jaw as a block from about the chin's middle down.
-    jaw_blend = smoothstep((v - lower_px) / np.maximum(0.7 * (jaw_px - lower_px), 1.0))
+    # (One blend distance for all columns: towards the jaw's corners the jaw line rises to the mouth,
+    # and a distance that shrank with it would shear the cheek along the line of the lips.)
+    lip_to_chin = max(chin_v - float(np.interp(0.0, grid_u, lower_inner)), 4.0)
+    jaw_blend = smoothstep((v - lower_px) / (0.7 * lip_to_chin))
     lateral = 1.0 - smoothstep((np.abs(u) - 0.45 * jaw_half_width) / (0.55 * jaw_half_width))
     lower_fade = 1.0 - smoothstep((v - jaw_px) / fade_below_chin)
+    # Sideways: the mouth scales about its middle, the motion fading beyond the corners, up to the nose
+    # and down to the chin.
+    beyond = max(min(half_width, 0.95 * jaw_half_width - half_width), 0.2 * half_width)
+    side = np.clip(u / half_width, -1, 1) * (1 - smoothstep((np.abs(u) - half_width) / beyond))
+    lips_v = 0.5 * float(uv[0, 1] + uv[17, 1])
+    side_weight = side * np.where(v < lips_v, smoothstep((v - nose_v) / max(lips_v - nose_v, 1.0)),
+                                  1 - smoothstep((v - lips_v) / max(chin_v - lips_v, 1.0)))
+    # Safety margin: every motion reaches zero a little inside the region's edge, so that it never tears.
+    ramp = max(3.0, 0.08 * half_width)
+    inside = smoothstep(np.minimum(np.minimum(u - u_lo, u_hi - u), np.minimum(v - v_lo, v_hi - v)) / ramp)
+    upper_weight, lower_fade, side_weight = upper_weight * inside, lower_fade * inside, side_weight * inside
     jaw_weight = lateral * lower_fade
-    # Sideways: the mouth scales about its middle, the motion fading beyond the corners and above/below.
-    lip_band = max(float(uv[17, 1] - uv[0, 1]), 0.3 * half_width)
-    side = np.clip(u / half_width, -1, 1) * (1 - smoothstep((np.abs(u) - half_width) / half_width))
-    side_weight = side * (1 - smoothstep((np.abs(v - 0.5 * (uv[0, 1] + uv[17, 1])) - 0.5 * lip_band) / lip_band))
 
     lip_colour, teeth_colour = _colours(image, landmarks)
     return MouthGeometry(
