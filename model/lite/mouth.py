@@ -72,8 +72,13 @@ class MouthGeometry:
         return 0.5 * (self.upper_inner + self.lower_inner)
 
     def lookup(self, profile: np.ndarray) -> np.ndarray:
-        """A per-column profile at every pixel (linear interpolation on the grid)."""
-        return profile[self.index] * (1.0 - self.frac) + profile[self.index + 1] * self.frac
+        """A per-column profile at every pixel of the region."""
+        return at_columns(profile, self.index, self.frac)
+
+
+def at_columns(profile: np.ndarray, index: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """A profile sampled on the column grid, read at pixels (grid ``index`` + ``frac``): linear interpolation."""
+    return profile[index] * (1.0 - frac) + profile[index + 1] * frac
 
 
 def _profile(points: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -103,7 +108,8 @@ def measure(image: np.ndarray, landmarks: np.ndarray) -> MouthGeometry | None:
     chin_v = float(uv[face.CHIN, 1])
     # The chin moves at most this far (down to open wide, or up to close a mouth the image shows open);
     # below the chin the motion fades out over a distance that keeps the warp from folding.
-    ref_gap = max(0.0, float(uv[14, 1] - uv[13, 1]))
+    upper_middle, lower_middle = face.INNER_LIP_MIDDLE
+    ref_gap = max(0.0, float(uv[lower_middle, 1] - uv[upper_middle, 1]))
     max_drop = max(MAX_GAP * inner_half_width * (1 - UPPER_SHARE) - ref_gap / 2, ref_gap / 2)
     fade_below_chin = max(0.6 * chin_v, 2.5 * max_drop)
 
@@ -133,10 +139,7 @@ def measure(image: np.ndarray, landmarks: np.ndarray) -> MouthGeometry | None:
     lower_inner = np.maximum(lower_inner, upper_inner)
     jaw_line = np.maximum(_profile(jaw, grid_u), lower_inner + 2)
 
-    def at_pixels(profile: np.ndarray) -> np.ndarray:
-        return profile[index] * (1.0 - frac) + profile[index + 1] * frac
-
-    upper_px, lower_px, jaw_px = at_pixels(upper_inner), at_pixels(lower_inner), at_pixels(jaw_line)
+    upper_px, lower_px, jaw_px = (at_columns(line, index, frac) for line in (upper_inner, lower_inner, jaw_line))
     # Upper lip: full motion from its inner edge into the mouth, fading to nothing at the nose base.
     upper_weight = smoothstep((v - nose_v) / np.maximum(upper_px - nose_v, 1.0))
     upper_weight *= 1.0 - smoothstep((np.abs(u) - half_width) / (0.6 * half_width))
@@ -151,7 +154,7 @@ def measure(image: np.ndarray, landmarks: np.ndarray) -> MouthGeometry | None:
     # and down to the chin.
     beyond = max(min(half_width, 0.95 * jaw_half_width - half_width), 0.2 * half_width)
     side = np.clip(u / half_width, -1, 1) * (1 - smoothstep((np.abs(u) - half_width) / beyond))
-    lips_v = 0.5 * float(uv[0, 1] + uv[17, 1])
+    lips_v = float(uv[list(face.OUTER_LIP_MIDDLE), 1].mean())
     side_weight = side * np.where(v < lips_v, smoothstep((v - nose_v) / max(lips_v - nose_v, 1.0)),
                                   1 - smoothstep((v - lips_v) / max(chin_v - lips_v, 1.0)))
     # Safety margin: every motion reaches zero a little inside the region's edge, so that it never tears.
@@ -172,18 +175,21 @@ def measure(image: np.ndarray, landmarks: np.ndarray) -> MouthGeometry | None:
 
 
 def _colours(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median colours of the lips (between outer and inner lip lines) and of the skin below the mouth."""
-    mask = np.zeros(image.shape[:2], np.uint8)
-    outer = np.concatenate([landmarks[face.OUTER_UPPER_LIP], landmarks[face.OUTER_LOWER_LIP][::-1]])
-    inner = np.concatenate([landmarks[face.INNER_UPPER_LIP], landmarks[face.INNER_LOWER_LIP][::-1]])
-    cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 1)
-    cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 0)
-    lips = image[mask.astype(bool)]
-    lip_colour = np.median(lips, axis=0) if lips.size else np.array([150, 80, 80])
-    chin = landmarks[[17, 152, 18, 200, 199]].mean(axis=0).round().astype(int)
-    y0, x0 = np.clip(chin[::-1], 2, np.array(image.shape[:2]) - 3)
-    skin = np.median(image[y0 - 2 : y0 + 3, x0 - 2 : x0 + 3].reshape(-1, 3), axis=0)
-    # Teeth: off-white, kept in the picture's exposure by tying their brightness to the skin's.
+    """Colours of the lips (median of points halfway between the outer and inner lip lines) and of the
+    teeth to paint, whose brightness follows the skin below the mouth so they sit in the picture's exposure."""
+    height, width = image.shape[:2]
+
+    def at(points: np.ndarray) -> np.ndarray:
+        x = np.clip(np.round(points[:, 0]).astype(int), 0, width - 1)
+        y = np.clip(np.round(points[:, 1]).astype(int), 0, height - 1)
+        return image[y, x].astype(np.float32)
+
+    middle = slice(2, -2)  # away from the corners, where the lip lines meet
+    lip_points = np.concatenate([
+        (landmarks[face.OUTER_UPPER_LIP][middle] + landmarks[face.INNER_UPPER_LIP][middle]) / 2,
+        (landmarks[face.OUTER_LOWER_LIP][middle] + landmarks[face.INNER_LOWER_LIP][middle]) / 2])
+    lip_colour = np.median(at(lip_points), axis=0)
+    skin = np.median(at(landmarks[face.BELOW_MOUTH_SKIN]), axis=0)
     teeth = np.array([236.0, 232.0, 222.0]) * np.clip(skin.mean() / 170.0, 0.55, 1.0)
     return lip_colour.astype(np.float32), teeth.astype(np.float32)
 
@@ -242,10 +248,7 @@ def _paint_cavity(region: np.ndarray, g: MouthGeometry, hole_top: np.ndarray, ho
     u, v = g.u[r0:r1, c0:c1], g.v[r0:r1, c0:c1]
     index, frac = g.index[r0:r1, c0:c1], g.frac[r0:r1, c0:c1]
 
-    def at(profile):
-        return profile[index] * (1.0 - frac) + profile[index + 1] * frac
-
-    top, bottom = at(hole_top), at(hole_bottom)
+    top, bottom = at_columns(hole_top, index, frac), at_columns(hole_bottom, index, frac)
     size = np.maximum(bottom - top, 1e-3)
     depth = (v - top) / size  # 0 at the upper lip, 1 at the lower lip
     across = np.abs(u) / inner_half  # 0 in the middle, 1 at the corners
