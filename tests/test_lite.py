@@ -166,18 +166,36 @@ def test_video_source_is_followed(generator, faces, portrait, spoken):
     assert metrics.correlation(metrics.lip_gaps(output, faces), envelope) >= 0.5
 
 
-def test_mouth_track_is_continuous_and_level_independent(spoken):
+def test_mouth_track_reads_only_its_margins_and_ignores_level(spoken):
     from model.lite.speech import MARGINS, mouth_track_for
 
-    # Two overlapping spans of the stream (each with the margins) agree on the frames they share.
-    whole = mouth_track_for(spoken, 0, 0, 120)
-    start = 60 * SAMPLES_PER_FRAME
-    first = start - round(MARGINS.left * 16_000)
-    part = mouth_track_for(spoken[first:], first, start, 60)
-    assert np.allclose(whole.opening[60:], part.opening, atol=1e-4)
-    assert np.allclose(whole.width[60:], part.width, atol=1e-4)
+    # Modulated noise; louder stretches placed outside the margins change nothing, inside them they do.
+    rng = np.random.default_rng(1)
+    seconds = np.arange(9 * 16_000) / 16_000
+    noise = (rng.standard_normal(seconds.size) * 0.02 * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * seconds)))
+    start, end = 3 * 16_000, 6 * 16_000
+    first, last = start - round(MARGINS.left * 16_000), end + round(MARGINS.right * 16_000)
+    frames = (end - start) // SAMPLES_PER_FRAME
+
+    def track(audio):
+        return mouth_track_for(audio.astype(np.float32), 0, start, frames)
+
+    def louder(lo, hi):
+        changed = noise.copy()
+        changed[lo:hi] *= 10
+        return changed
+
+    plain = mouth_track_for(noise[first:last].astype(np.float32), first, start, frames)
+    outside = track(louder(0, first)), track(louder(last, None))
+    for other in outside:
+        assert np.allclose(other.opening, plain.opening, atol=1e-4) and np.allclose(other.width, plain.width, atol=1e-4)
+    inside = track(louder(start - 24_000, start - 16_000)), track(louder(end, end + 1_600))
+    for other in inside:
+        assert np.abs(other.opening - plain.opening).max() > 0.05
+
     # 20 dB quieter speech moves the mouth the same way.
-    quiet = mouth_track_for(spoken * 0.1, 0, 0, 120)
+    whole = mouth_track_for(spoken, 0, 0, 150)
+    quiet = mouth_track_for(spoken * 0.1, 0, 0, 150)
     assert np.abs(quiet.opening - whole.opening).mean() < 0.03
 
 
@@ -228,3 +246,14 @@ def test_warp_fades_out_inside_its_region(faces, crop):
         changed = np.abs(out[top:bottom, left:right].astype(int) - image[top:bottom, left:right]).max(axis=2)
         assert changed[ring].max() <= 1, (opening, width)
         assert (out[:top] == image[:top]).all() and (out[bottom:] == image[bottom:]).all()
+
+
+def test_safe_from_worker_threads(generator, portrait, spoken):
+    """Calls from several worker threads on one instance are serialised and give the serial result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = _request(ChunkPlan().chunk(0), portrait, spoken)
+    serial = generator.generate(request).frames
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: generator.generate(request).frames, range(3)))
+    assert all(np.array_equal(result, serial) for result in results)

@@ -9,8 +9,8 @@ Cues (all from the audio itself, no models):
   formant with a high first one is an open, unrounded vowel (ah) and stays near neutral.
 
 Every value is a function of absolute time: analysis frames sit on a grid aligned to sample 0 of the
-stream and everything reads a fixed span of audio around them, which the chunk's audio margins cover.
-Two chunks therefore agree exactly on the frames they share, and chunk borders join by construction.
+stream and every value reads a bounded span of audio around its frame, which the audio margins cover.
+Two chunks therefore agree (to float rounding) on the frames they share: chunk borders join by construction.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ from model.base import AUDIO_RATE, SAMPLES_PER_FRAME, AudioMargins, ChunkRequest
 HOP = 160  # 10 ms analysis hop; divides SAMPLES_PER_FRAME
 WINDOW = 400  # 25 ms analysis window
 FFT = 512
-PEAK_SPAN = (2.0, 0.2)  # seconds before / after a frame over which the reference (peak) level is taken
+PEAK_SPAN = (2.0, 0.1)  # seconds before / after a frame over which the reference (peak) level is taken
 SMOOTH_SIGMA = 0.025  # seconds: smooth, and about 60 ms from closed to open
+WIDTH_SIGMA = 0.04  # seconds: the width changes a little more slowly than the opening
+TRUNCATE = 3.0  # Gaussian smoothing reads this many sigmas either side
 LEAD = 0.03  # seconds: lips move slightly ahead of the sound they make
 DYNAMIC_RANGE_DB = 30.0  # levels this far below the recent peak close the mouth
 SILENCE_DBFS = -55.0  # a peak level below this is silence: nothing to say
-# Audio the analysis reads around the window (seconds), with room for the analysis window and smoothing.
-MARGINS = AudioMargins(left=PEAK_SPAN[0] + 4 * SMOOTH_SIGMA + 0.1, right=PEAK_SPAN[1] + 4 * SMOOTH_SIGMA + 0.1)
+# Audio the analysis reads around the window (seconds): peak span, both smoothings, lead, analysis window.
+_REACH = TRUNCATE * (SMOOTH_SIGMA + WIDTH_SIGMA) + WINDOW / 2 / AUDIO_RATE + 0.01
+MARGINS = AudioMargins(left=round(PEAK_SPAN[0] + _REACH, 2), right=round(PEAK_SPAN[1] + LEAD + _REACH, 2))
 
 
 @dataclasses.dataclass
@@ -80,7 +83,7 @@ def mouth_track_for(audio: np.ndarray, audio_start: int, window_start: int, num_
     first_formant, second_formant = formants(spectrum)
 
     sigma = SMOOTH_SIGMA * AUDIO_RATE / HOP
-    smooth_db = scipy.ndimage.gaussian_filter1d(voiced_db, sigma, mode="nearest")
+    smooth_db = scipy.ndimage.gaussian_filter1d(voiced_db, sigma, mode="nearest", truncate=TRUNCATE)
     # Reference level: the loudest recent speech (a running maximum, itself smoothed).
     before, after = (round(s * AUDIO_RATE / HOP) for s in PEAK_SPAN)
     peak = scipy.ndimage.maximum_filter1d(smooth_db, before + after + 1, origin=(before - after) // 2,
@@ -93,8 +96,10 @@ def mouth_track_for(audio: np.ndarray, audio_start: int, window_start: int, num_
     spread = np.clip((second_formant - 1450.0) / 450.0, -1.0, 1.0)
     # Low F2 with a high F1 is an open unrounded vowel (ah): keep it from reading as rounded.
     spread = np.where(spread < 0, spread * np.clip((700.0 - first_formant) / 200.0, 0.0, 1.0), spread)
-    weight = scipy.ndimage.gaussian_filter1d(opening, 2 * sigma, mode="nearest") + 1e-3
-    width = scipy.ndimage.gaussian_filter1d(spread * opening, 2 * sigma, mode="nearest") / weight
+    width_sigma = WIDTH_SIGMA * AUDIO_RATE / HOP
+    weight = scipy.ndimage.gaussian_filter1d(opening, width_sigma, mode="nearest", truncate=TRUNCATE) + 1e-3
+    width = scipy.ndimage.gaussian_filter1d(spread * opening, width_sigma, mode="nearest", truncate=TRUNCATE)
+    width /= weight
     width *= np.minimum(1.0, weight / 0.2)
 
     # Sample both at the output frames' centres, a little ahead of the sound.
