@@ -17,13 +17,11 @@ from model.base import AUDIO_RATE
 REAL_SPEECH_WAV = "/usr/share/codec2/raw/speech_orig_16k.wav"  # Harvard sentences, 10.8 s, 16 kHz
 
 
-def have_espeak() -> bool:
-    return shutil.which("espeak-ng") is not None
-
-
 def speech(text: str, words_per_minute: int = 150, voice: str = "en") -> np.ndarray:
     """``text`` spoken by espeak-ng as 16 kHz mono float32. SSML is accepted, e.g. ``<break time="800ms"/>``
     for a pause."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is missing: scripts/setup.sh installs it (Debian package espeak-ng)")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "speech.wav")
         subprocess.run(["espeak-ng", "-m", "-v", voice, "-s", str(words_per_minute), "-w", path, text],
@@ -50,13 +48,6 @@ def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     return samples
 
 
-def write_wav(path: str | os.PathLike, samples: np.ndarray, rate: int = AUDIO_RATE) -> str:
-    """16-bit PCM wav of float samples in [-1, 1]."""
-    pcm = np.clip(np.asarray(samples) * 32767.0, -32768, 32767).astype(np.int16)
-    wavfile.write(os.fspath(path), rate, pcm)
-    return os.fspath(path)
-
-
 def astronaut(size: int | tuple[int, int] = 480) -> np.ndarray:
     """The astronaut portrait (RGB uint8), resized to cover ``size`` and centre-cropped like a source."""
     import skimage.data
@@ -65,3 +56,15 @@ def astronaut(size: int | tuple[int, int] = 480) -> np.ndarray:
 
     shape = (size, size) if isinstance(size, int) else tuple(size)
     return resize_and_centercrop(skimage.data.astronaut(), shape)
+
+
+def grace_hopper(size: int | tuple[int, int] = 480) -> np.ndarray:
+    """Grace Hopper's portrait (matplotlib's sample data, public domain; a closed mouth), like ``astronaut``."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    from streaming.source import resize_and_centercrop
+
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        return resize_and_centercrop(np.asarray(image.convert("RGB")), shape)

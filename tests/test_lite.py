@@ -12,14 +12,14 @@ from PIL import Image
 
 from model.base import SAMPLES_PER_FRAME, ChunkRequest
 from model.lite import FADE_FRAMES, build, metrics
-from model.lite.face import FaceLandmarks
+from model.lite.face import INNER_LIP_MIDDLE, FaceLandmarks
 from model.registry import build_generator
 from streaming.audio import normalize_loudness
 from streaming.chunker import ChunkPlan, frames_for_samples
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.errors import InputError
 from streaming.source import VideoSource, resize_and_centercrop
-from tests.media import astronaut, speech
+from tests.media import astronaut, grace_hopper, speech
 
 # Chunk borders (frames 81 and 153) fall inside speech; the pause is frames ~18-50.
 SENTENCE = ("Good evening. <break time='1200ms'/> "
@@ -257,3 +257,15 @@ def test_safe_from_worker_threads(generator, portrait, spoken):
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: generator.generate(request).frames, range(3)))
     assert all(np.array_equal(result, serial) for result in results)
+
+
+def test_closed_mouth_portrait_opens_with_speech(generator, faces, spoken):
+    """A portrait with a closed mouth: the new gap is painted (dark inside, teeth); it follows the speech."""
+    portrait = grace_hopper(480)
+    result = generator.generate(_request(ChunkPlan().chunk(0), portrait, spoken))
+    envelope = metrics.loudness_envelope(spoken, 81)
+    assert metrics.correlation(metrics.lip_gaps(result.frames, faces), envelope) >= 0.5
+    widest = result.frames[int(np.argmax(metrics.lip_gaps(result.frames, faces)))]
+    upper, lower = faces.detect(widest)[list(INNER_LIP_MIDDLE)]
+    between = np.s_[int(upper[1]) + 1 : int(lower[1]), int(upper[0]) - 3 : int(upper[0]) + 4]
+    assert widest[between].mean() < 0.6 * portrait[between].mean()  # dark inside (some teeth), not lips
