@@ -9,7 +9,7 @@ zooming camera), with real read speech (codec2-examples' Harvard sentences):
 - the mean (and max) absolute difference to the source outside the lower face (0..255).
 Also fps for a close-up (the face fills the frame: the most pixels to warp).
 
-Run:  PYTHONPATH=$PWD .venv/bin/python bench/bench_lite.py [--seconds N]
+Run:  PYTHONPATH=$PWD .venv/bin/python bench/bench_lite.py [--speech FILE] [--repeat N]
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def run(generator, source: FrameSource, speech: np.ndarray, encode: bool) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--speech", default=REAL_SPEECH, help="speech file (default: codec2 Harvard sentences)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the fastest is reported")
     args = parser.parse_args()
     speech = normalize_loudness(load_audio(args.speech))
     total = frames_for_samples(speech.size)
@@ -116,8 +117,10 @@ def main() -> None:
              ("still close-up", FrameSource(lambda i: close_up, True), lambda i: close_up)]
     print(f"{'case':24s} {'generate fps':>12s} {'+encode fps':>12s} {'lip/loudness r':>15s} {'outside mean/max':>17s}")
     for name, source, source_frame in cases:
-        frames, generating, _ = run(generator, source, speech, encode=False)
-        _, _, with_encode = run(generator, source, speech, encode=True)
+        # Best of a few runs: the fairest figure on a machine shared with other work.
+        runs = [run(generator, source, speech, encode=False) for _ in range(args.repeat)]
+        frames, generating = runs[0][0], min(r[1] for r in runs)
+        with_encode = min(run(generator, source, speech, encode=True)[2] for _ in range(args.repeat))
         gaps = metrics.lip_gaps(frames, faces)
         correlation = metrics.correlation(gaps, envelope)
         sources = np.stack([source_frame(i) for i in range(total)])
