@@ -30,13 +30,14 @@ def speech_frames(path):
 
 
 def test_dub_command_end_to_end(tmp_path, portrait_png, speech_wav):
-    """The installed console script, as a user runs it."""
+    """The installed console script with the default generator (lite), as a user runs it."""
     out = tmp_path / "dubbed.mp4"
     livedub = os.path.join(os.path.dirname(sys.executable), "livedub")
-    result = subprocess.run([livedub, "dub", portrait_png, speech_wav, "-o", str(out), "--generator", "passthrough",
-                             "--size", "256x320"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run([livedub, "dub", portrait_png, speech_wav, "-o", str(out), "--size", "256x320"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "frames" in result.stderr  # the progress bar
+    assert "wrote" in result.stdout and "no face" not in result.stdout
     info = probe(str(out))
     expected = speech_frames(speech_wav)
     assert info["frames"] == expected and info["fps"] == 25
