@@ -40,15 +40,19 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         if not container.streams.audio:
             raise InputError(f"no audio stream in {path} (give a speech file or a video with sound)")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        # Resample keeping the channels, then average them as librosa's mono does (FFmpeg's own
+        # stereo->mono downmix would add the channels at -3 dB instead).
+        resampler = None
         pieces: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler follow the sample count, not broken timestamps
+                if resampler is None:
+                    resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=AUDIO_RATE)
                 for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
+                    pieces.append(out.to_ndarray().mean(axis=0))
+            for out in resampler.resample(None) if resampler else []:
+                pieces.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot decode audio of {path}: {_reason(exc)}") from None
     samples = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)

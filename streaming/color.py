@@ -8,6 +8,8 @@ each chunk's own reference (the nearest keyframe), so a source whose lighting ch
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from skimage.color import lab2rgb, rgb2lab
 
@@ -21,14 +23,20 @@ def match_colors(frames: np.ndarray, reference: np.ndarray, strength: float) -> 
     ref01 = np.clip((np.asarray(reference, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
     src_lab = rgb2lab(src01)
     ref_lab = rgb2lab(ref01)
-    ref_mean = ref_lab.mean(axis=(0, 1))
-    ref_std = ref_lab.std(axis=(0, 1))
-    src_mean = src_lab.mean(axis=(1, 2), keepdims=True)
-    src_std = src_lab.std(axis=(1, 2), keepdims=True)
-    flat = src_std == 0
-    scale = np.where(flat, 0.0, ref_std / np.where(flat, 1.0, src_std))
-    corrected_lab = (src_lab - src_mean) * scale + ref_mean
-    corrected = np.clip(lab2rgb(corrected_lab), 0.0, 1.0)
+    corrected_lab = np.empty_like(src_lab)
+    # Statistics per frame and channel on 2-D slices: the official loop's reduction order, bit for bit.
+    for j in range(3):
+        ref_mean, ref_std = ref_lab[..., j].mean(), np.std(ref_lab[..., j])
+        for t in range(len(src_lab)):
+            channel = src_lab[t, ..., j]
+            src_mean, src_std = channel.mean(), np.std(channel)
+            if src_std == 0:
+                corrected_lab[t, ..., j] = ref_mean
+            else:
+                corrected_lab[t, ..., j] = (channel - src_mean) * (ref_std / src_std) + ref_mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "negative Z values clipped": expected, then clipped
+        corrected = np.clip(lab2rgb(corrected_lab), 0.0, 1.0)
     blended = (1.0 - strength) * src01 + strength * corrected
     return (blended * 2.0 - 1.0).astype(np.float32)
 
