@@ -67,11 +67,12 @@ class LiveServer:
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+        self.generator: str | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> str:
-        """Build the default generator, start listening; the URL to open."""
-        await self.manager.pool()
+        """Check (or load) the default generator, start listening; the URL to open."""
+        self.generator = await self.manager.prepare()
         self._runner = web.AppRunner(self.app, access_log=logging.getLogger("livedub.access"),
                                      access_log_format='%a "%r" %s %b %Tfs', shutdown_timeout=2)
         await self._runner.setup()

@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import secrets
 import time
 from typing import Callable
 
+from model.base import Tier
 from server.config import ServerConfig
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
-from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay
+from streaming.scheduler import DEFAULT_TIERS
+from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
 from streaming.source import VideoSource
 from streaming.workers import GeneratorPool, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
 GPU_GENERATORS = ("infinitetalk",)
+# Tier ladders for generators that do not declare their own: the diffusion model has steps to cut; the
+# others have one cost, and their only cheaper rung is the fallback (or skipping the chunk).
+TIERS = {"infinitetalk": DEFAULT_TIERS}
+FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in the session's own thread
 
 
 class UnknownSession(InputError):
@@ -43,6 +48,7 @@ class _Entry:
     ingest: Peer | None = None
     viewers: dict[str, Peer] = dataclasses.field(default_factory=dict)
     watcher: asyncio.Task | None = None
+    own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
 
 
 class SessionManager:
@@ -73,20 +79,54 @@ class SessionManager:
                 log.exception("event listener failed")
 
     # ---- generators ---------------------------------------------------------------------------------------
+    def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
+        spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
+        mode = self.config.worker if self.config.worker != "auto" else (
+            "process" if spec.name in GPU_GENERATORS else "thread")
+        return spec, mode
+
     async def pool(self, name: str | None = None) -> GeneratorPool:
-        name = name or self.config.generator
+        """The shared pool of generator ``name`` (process workers: one model load serves every session)."""
+        spec, mode = self._spec(name)
         async with self._pool_lock:
-            if name not in self._pools:
-                spec = GeneratorSpec.from_registry(name, dict(self.config.generator_options))
-                mode = self.config.worker if self.config.worker != "auto" else (
-                    "process" if spec.name in GPU_GENERATORS else "thread")
-                workers = self.config.workers or (1 if spec.name in GPU_GENERATORS + ("passthrough",)
-                                                  else min(os.cpu_count() or 1, self.config.max_sessions))
+            if spec.name not in self._pools:
+                workers = self.config.workers or 1
                 pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions)
                 await pool.start()
                 log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
-                self._pools[name] = pool
-            return self._pools[name]
+                self._pools[spec.name] = pool
+            return self._pools[spec.name]
+
+    async def prepare(self) -> str:
+        """Check the default generator at start-up (a GPU model is loaded now); the name actually used."""
+        spec, mode = self._spec(None)
+        if mode == "process":
+            await self.pool()
+        return spec.name
+
+    async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
+        """The session's generator pool and fallback pool, and those it owns. Thread generators get an
+        instance per session (they may keep per-stream state, e.g. face tracking); process generators
+        are shared."""
+        spec, mode = self._spec(name)
+        owned: list[GeneratorPool] = []
+        try:
+            if mode == "process":
+                pool = await self.pool(name)
+            else:
+                pool = GeneratorPool(spec, workers=1, mode="thread", queue_limit=2)
+                owned.append(pool)
+                await pool.start()
+            fallback = None
+            if spec.name in GPU_GENERATORS:
+                fallback_spec = GeneratorSpec.from_registry(FALLBACK_GENERATOR, fallback=None)
+                fallback = GeneratorPool(fallback_spec, workers=1, mode="thread", queue_limit=2)
+                owned.append(fallback)
+                await fallback.start()
+        except BaseException:
+            await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
+            raise
+        return pool, fallback, owned
 
     # ---- sessions -----------------------------------------------------------------------------------------
     @property
@@ -108,12 +148,16 @@ class SessionManager:
         if len(self._entries) + self._creating >= self.config.max_sessions:
             raise LimitReached(f"session limit reached ({self.config.max_sessions}); stop one first")
         self._creating += 1
+        owned: list[GeneratorPool] = []
         try:
             path = None if live_video and source is None else self.library.path(source)
-            pool = await self.pool(generator)
-            delay = check_delay(self.config.delay if delay is None else delay, self.plan,
-                                pool.profile.audio_margins.right, self.settings)
-            settings = dataclasses.replace(self.settings, delay=delay)
+            spec, _ = self._spec(generator)  # an unknown name fails here, before anything is built
+            pool, fallback, owned = await self._session_pools(generator)
+            margins = widest_margins(*(p.profile for p in (pool, fallback) if p is not None))
+            delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
+                                self.settings)
+            tiers = pool.profile.tiers or TIERS.get(pool.profile.name, (Tier("full"),))
+            settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers)
             if path is None or live_video:
                 media, name = LiveVideoSource(self.config.size), "live"
             else:
@@ -121,11 +165,15 @@ class SessionManager:
                     None, lambda: VideoSource(path, self.config.size, "loop", settings.keyframe_interval))
                 name = source
             session_id = secrets.token_hex(8)
-            session = LiveSession(session_id, media, name, pool, settings, self.emit, plan=self.plan)
+            session = LiveSession(session_id, media, name, pool, settings, self.emit, plan=self.plan,
+                                  fallback_pool=fallback)
             await session.start()
+        except BaseException:
+            await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
+            raise
         finally:
             self._creating -= 1
-        entry = _Entry(session)
+        entry = _Entry(session, own_pools=owned)
         self._entries[session_id] = entry
         entry.watcher = asyncio.create_task(self._reap(entry), name=f"reap-{session_id}")
         log.info("session %s created (source %s, generator %s, delay %.2f s)", session_id, name,
@@ -183,7 +231,8 @@ class SessionManager:
         """When the session ends (for whatever reason), close its peers and forget it."""
         await entry.session.finished.wait()
         peers = ([entry.ingest] if entry.ingest else []) + list(entry.viewers.values())
-        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
+                             return_exceptions=True)
         self._entries.pop(entry.session.id, None)
         log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
 

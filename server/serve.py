@@ -31,7 +31,7 @@ def add_serve(commands) -> None:
     add("--worker", choices=("auto", "thread", "process"), help="where generators run (default auto: a "
                                                                "process for GPU generators)")
     add("--workers", type=int, metavar="N", help="generator instances per generator (default: automatic)")
-    add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 4.2)")
+    add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.0)")
     add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover both WebRTC "
                                                       "legs: encode, network, jitter buffers (default 0.2)")
     add("--size", help="output size: 480 (default) or 720 bucket, or WxH")
@@ -104,7 +104,7 @@ async def _serve(config, demo_speech: str | None) -> int:
     try:
         url = await server.start()
         sources = ", ".join(sorted(server.library.names())) or "none"
-        generator = (await server.manager.pool()).profile.name
+        generator = server.generator
         print(f"livedub serve: open {url}  (generator {generator}, delay {config.delay:g} s, sources: {sources})",
               flush=True)
         await stop.wait()

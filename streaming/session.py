@@ -25,12 +25,12 @@ from typing import Callable
 
 import numpy as np
 
-from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, ChunkRequest, ChunkResult, Tier
+from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, AudioMargins, ChunkRequest, ChunkResult, Tier
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.errors import InputError
 from streaming.ingest import LiveAudioIngest
-from streaming.livesource import LiveVideoSource
+from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.scheduler import DEFAULT_TIERS, Scheduler
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
@@ -38,11 +38,12 @@ from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy,
 log = logging.getLogger("livedub.session")
 SWAP_MODES = ("cut", "blend")
 MAX_DELAY = 30.0
+FALLBACK_TIER = "fallback"  # the ladder's last rung when the session has a cheaper generator
 
 
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
-    delay: float = 4.2  # glass-to-glass latency budget, seconds
+    delay: float = 5.0  # glass-to-glass latency budget, seconds
     lead: float = 0.2  # frames leave this early to cover both WebRTC legs (encode, network, jitter buffers)
     playout_margin: float = 0.04  # a result must be in this long before its slot's first frame
     capture_grace: float = 0.06  # wait this long past a chunk's capture end for late packets
@@ -53,6 +54,10 @@ class SessionSettings:
     idle_timeout: float = 60.0  # seconds without ingest audio before the session ends
     buffer_seconds: float = 40.0  # speech kept in the rings (must exceed delay + one window)
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
+
+
+def widest_margins(*profiles) -> AudioMargins:
+    return AudioMargins(max(p.audio_margins.left for p in profiles), max(p.audio_margins.right for p in profiles))
 
 
 def min_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings) -> float:
@@ -122,10 +127,13 @@ def _percentiles(values) -> dict:
 class LiveSession:
     def __init__(self, session_id: str, source, source_name: str, pool: GeneratorPool,
                  settings: SessionSettings, emit: Callable[[dict], None], clock=time.monotonic,
-                 plan: ChunkPlan = ChunkPlan()) -> None:
+                 plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None) -> None:
         self.id = session_id
         self.pool = pool
-        self.profile = pool.profile
+        self.fallback_pool = fallback_pool
+        # Requests carry the audio both generators need.
+        self.profile = pool.profile if fallback_pool is None else dataclasses.replace(
+            pool.profile, audio_margins=widest_margins(pool.profile, fallback_pool.profile))
         self.settings = settings
         self.plan = plan
         self._emit = emit
@@ -136,7 +144,8 @@ class LiveSession:
         self.source_name = source_name
         self.engine = ChunkEngine(source if self.live is None else None, self.profile, plan,
                                   settings.keyframe_interval, settings.color_correction, settings.seed)
-        self.scheduler = Scheduler(settings.tiers)
+        ladder = tuple(settings.tiers) + ((Tier(FALLBACK_TIER),) if fallback_pool is not None else ())
+        self.scheduler = Scheduler(ladder)
         idle = np.zeros((*self._source_size(), 3), np.uint8)
         self.timeline = OutputTimeline(plan, idle)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")
@@ -197,8 +206,13 @@ class LiveSession:
     async def _wait_capture(self, index: int) -> bool:
         """Wait until chunk ``index``'s audio (with the generator's lookahead) has been captured; False
         when the session stops or the ingest ends before the chunk has any speech."""
-        _, last, _ = self.plan.audio_span(self.plan.chunk(index), self.profile.audio_margins)
+        chunk = self.plan.chunk(index)
+        _, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
         ready_at = self.clock.at(last / AUDIO_RATE) + self.settings.capture_grace
+        # Decode the window's source frames while the speech is still coming in: building the request
+        # then finds them ready, and the generator gets the time.
+        prefetch = asyncio.get_running_loop().run_in_executor(self._executor, self._prefetch, chunk.end_frame)
+        prefetch.add_done_callback(_log_failure)
         while True:
             now = self._now()
             self._check_idle(now)
@@ -250,8 +264,9 @@ class LiveSession:
                         time_left=round(decision.time_left, 3),
                         estimate=None if decision.estimate is None else round(decision.estimate, 3))
         started = self._now()
+        pool = self.fallback_pool if decision.tier.name == FALLBACK_TIER else self.pool
         try:
-            result = await self.pool.run(dataclasses.replace(request, tier=decision.tier), deadline)
+            result = await pool.run(dataclasses.replace(request, tier=decision.tier), deadline)
         except (Expired, PoolBusy) as exc:
             return self._fell_back(index, request, fallback, "late", report, str(exc))
         except GeneratorFailed as exc:
@@ -283,7 +298,12 @@ class LiveSession:
         reference = nearest_keyframe(chunk.start_frame, self.settings.keyframe_interval)
         return self.live.window(min(chunk.start_frame, reference), max(chunk.end_frame, reference + 1))
 
-    # Runs in the session thread: the engine and the library source are touched only there.
+    # Run in the session thread: the engine and the library source are touched only there.
+    def _prefetch(self, end_frame: int) -> None:
+        source = self.engine.source
+        if source is not None and not source.is_still and not isinstance(source, FrameWindow):
+            source.frame(end_frame - 1)
+
     def _build(self, index: int, audio: "_Window", swap: _Swap | None, live_window) -> tuple[ChunkRequest, np.ndarray]:
         chunk = self.plan.chunk(index)
         if self.engine.source is not None:
@@ -432,6 +452,11 @@ def _cross_fade(start: np.ndarray, frames: np.ndarray, count: int) -> np.ndarray
         alpha = (i + 1) / (count + 1)
         out[i] = (start.astype(np.float32) * (1 - alpha) + out[i].astype(np.float32) * alpha).round().astype(np.uint8)
     return out
+
+
+def _log_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("source prefetch failed: %s", future.exception())
 
 
 def _jsonable(info: dict) -> dict:

@@ -86,13 +86,16 @@ class GeneratorProfile:
     audio_margins: AudioMargins
     default_color_correction: float
     applies_color_correction: bool
+    tiers: tuple | None = None  # the generator's own tier ladder, when it declares one
 
     @classmethod
     def of(cls, generator) -> "GeneratorProfile":
+        tiers = getattr(generator, "tiers", None)
         return cls(getattr(generator, "name", type(generator).__name__),
                    getattr(generator, "audio_margins", AudioMargins()),
                    float(getattr(generator, "default_color_correction", 0.0)),
-                   bool(getattr(generator, "applies_color_correction", False)))
+                   bool(getattr(generator, "applies_color_correction", False)),
+                   tuple(tiers) if tiers else None)
 
 
 def _describe(exc: BaseException) -> str:

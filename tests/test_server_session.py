@@ -15,6 +15,7 @@ import pytest
 import server_fault_generators
 from _server_support import feed_in_real_time, speech_48k, write_still
 from model.registry import GENERATORS
+from model.base import Tier
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.session import LiveSession, SessionSettings, check_delay
@@ -206,3 +207,23 @@ def test_delay_below_one_chunk_is_refused():
     with pytest.raises(InputError, match="bad delay 2.0: accepted is 3.64 to 30 seconds"):
         check_delay(2.0, ChunkPlan(), 0.0, SessionSettings())
     assert check_delay(4.2, ChunkPlan(), 0.0, SessionSettings()) == 4.2
+
+
+async def test_a_generator_too_slow_for_any_tier_hands_its_chunks_to_the_fallback_generator(stills, fault_registry):
+    pool = await _pool("slow", seconds=0.6)  # every tier 0.6 s for a 0.24 s chunk
+    fallback = await _pool("passthrough")
+    events: list[dict] = []
+    try:
+        session = LiveSession("s1", VideoSource(stills[0], (64, 64)), "red", pool,
+                              SessionSettings(delay=1.0, tiers=(Tier("full"),)), events.append, plan=PLAN,
+                              fallback_pool=fallback)
+        await session.start()
+        await _run(session, 2.5)
+    finally:
+        await pool.close()
+        await fallback.close()
+    tiers = session.stats()["tiers"]
+    assert tiers.get("fallback", 0) >= 4 and tiers.get("full", 0) >= 1
+    fell_back = [c for c in _events(events, "chunk") if c.get("tier") == "fallback"]
+    assert fell_back and all(c["status"] == "on_time" for c in fell_back)
+    assert any(d["action"] == "tier" and d["tier"] == "fallback" for d in _events(events, "degraded"))
