@@ -10,8 +10,11 @@ import asyncio
 import time
 
 import aiohttp
+import av
 import numpy as np
 import pytest
+
+from aiortc.mediastreams import VideoStreamTrack
 
 from _server_support import control_url, loopback_candidates, speech_48k, start_server
 from client.control import ControlClient
@@ -123,3 +126,45 @@ async def test_whip_in_whep_out_25fps_speech_delayed_by_the_budget_and_a_swap(tm
 async def _get_json(url: str) -> dict:
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         return await response.json()
+
+
+class ColourTrack(VideoStreamTrack):
+    """A camera showing one colour, at aiortc's default pace (30 fps)."""
+
+    def __init__(self, colour) -> None:
+        super().__init__()
+        self.image = np.zeros((144, 176, 3), np.uint8)
+        self.image[:] = colour
+
+    async def recv(self):
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(self.image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+@pytest.mark.slow
+async def test_whip_with_video_makes_the_live_video_the_source(tmp_path, loopback):
+    server = await start_server(str(tmp_path / "sources"), size="128x128")
+    capture = Capture()
+    try:
+        async with aiohttp.ClientSession() as http:
+            publisher = Publisher(http)
+            resource = await publisher.publish(server.url + "whip?delay=3.8", SpeechTrack(speech_48k(5.0)),
+                                               ColourTrack((20, 200, 20)))
+            session_id = resource.rsplit("/", 1)[1]
+            session = server.manager.get(session_id)
+            assert session.source_name == "live" and session.live is not None
+            viewer = Viewer(http, capture)
+            await viewer.watch(server.url + f"whep/{session_id}")
+            await asyncio.sleep(DELAY + 2.0)
+            stats = session.stats()
+            await publisher.close()
+            await viewer.close(delete=False)
+    finally:
+        await server.stop()
+    assert stats["ingest"]["video_frames"] > 100 and stats["chunks"]["generated"] >= 1
+    colours = [c for _, _, c in capture.video]
+    assert colours[0][1] < 50  # before the first chunk: the placeholder (black)
+    green = [c for c in colours if c[1] > 150 and c[0] < 80]
+    assert len(green) > 25 and colours[-1][1] > 150  # then the live camera's frames
