@@ -53,7 +53,7 @@ class ServerConfig:
     generator_options: tuple = ()
     worker: str = "auto"  # thread, process, or auto (process for GPU generators)
     workers: int = 0  # generator instances per generator; 0 = automatic
-    delay: float = 5.0
+    delay: float = 5.5
     lead: float = 0.2
     size: object = 480
     max_sessions: int = 4

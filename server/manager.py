@@ -105,16 +105,16 @@ class SessionManager:
         return spec.name
 
     async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
-        """The session's generator pool and fallback pool, and those it owns. Thread generators get an
-        instance per session (they may keep per-stream state, e.g. face tracking); process generators
-        are shared."""
+        """The session's generator pool and fallback pool, and those it owns. CPU generators get an
+        instance per session (they may keep per-stream state, e.g. face tracking), in a thread or a
+        process of the session's own; GPU generators are shared (one model load)."""
         spec, mode = self._spec(name)
         owned: list[GeneratorPool] = []
         try:
-            if mode == "process":
+            if spec.name in GPU_GENERATORS:
                 pool = await self.pool(name)
             else:
-                pool = GeneratorPool(spec, workers=1, mode="thread", queue_limit=2)
+                pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2)
                 owned.append(pool)
                 await pool.start()
             fallback = None

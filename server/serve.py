@@ -31,7 +31,7 @@ def add_serve(commands) -> None:
     add("--worker", choices=("auto", "thread", "process"), help="where generators run (default auto: a "
                                                                "process for GPU generators)")
     add("--workers", type=int, metavar="N", help="generator instances per generator (default: automatic)")
-    add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.0)")
+    add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.5)")
     add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover both WebRTC "
                                                       "legs: encode, network, jitter buffers (default 0.2)")
     add("--size", help="output size: 480 (default) or 720 bucket, or WxH")
@@ -75,9 +75,9 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     demo_speech = None
     if args.demo and not settings.get("sources"):
-        from server.demo import prepare
+        from server.demo import prepare_live
 
-        source, demo_speech = prepare(DEMO_FOLDER)
+        _, demo_speech = prepare_live(DEMO_FOLDER)
         settings["sources"] = DEMO_FOLDER
     config = build_config(settings)
     return asyncio.run(_serve(config, demo_speech))

@@ -2,8 +2,9 @@
 
 Each chunk has a deadline (its first new frame's playout time minus a margin). Before submitting a
 chunk, the scheduler compares the time left with the estimated cost of each tier, best first, and picks
-the first that fits. When none fits, the chunk is skipped: its slot plays the fallback frames and the
-generator's time goes to the next chunk. This is backpressure on the generator's input, at chunk level:
+the first that fits (the cheapest is still tried when only the safety margin is missing). When none
+fits, the chunk is skipped: its slot plays the fallback frames and the generator's time goes to the
+next chunk. This is backpressure on the generator's input, at chunk level:
 playing late chunks late would grow the delay without bound, dropping them at playout would not help
 throughput (spec/realtime.md).
 
@@ -59,13 +60,19 @@ class Scheduler:
         return self._estimate.get(tier.name)
 
     def choose(self, time_left: float) -> Decision:
-        """The best tier whose estimated cost fits in ``time_left`` seconds; unknown costs are tried."""
+        """The best tier whose estimated cost (with the safety factor) fits in ``time_left`` seconds;
+        unknown costs are tried. When none fits with the margin but the cheapest fits without it, that
+        one is tried anyway: a miss costs no more than a skip (the slot plays its fallback either way)."""
         if time_left > 0:
             for level, tier in enumerate(self.tiers):
                 cost = self._estimate.get(tier.name)
                 if cost is None or cost * self.safety <= time_left:
                     self._relax(level)
                     return Decision(tier, level, time_left, cost)
+            level, tier = len(self.tiers) - 1, self.tiers[-1]
+            if self._estimate[tier.name] <= time_left:
+                self._relax(level)
+                return Decision(tier, level, time_left, self._estimate[tier.name])
         return Decision(None, len(self.tiers), time_left, None)
 
     def _relax(self, chosen: int) -> None:

@@ -43,7 +43,7 @@ FALLBACK_TIER = "fallback"  # the ladder's last rung when the session has a chea
 
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
-    delay: float = 5.0  # glass-to-glass latency budget, seconds
+    delay: float = 5.5  # glass-to-glass latency budget, seconds
     lead: float = 0.2  # frames leave this early to cover both WebRTC legs (encode, network, jitter buffers)
     playout_margin: float = 0.04  # a result must be in this long before its slot's first frame
     capture_grace: float = 0.06  # wait this long past a chunk's capture end for late packets

@@ -117,4 +117,6 @@ def test_scheduler_degrades_when_the_budget_shrinks_and_recovers():
     # Estimates of unused better tiers shrink, so the full tier is tried again once it could fit.
     levels = [scheduler.choose(1.0).level for _ in range(4)]
     assert levels[-1] == 0 and levels[0] == 1
+    gamble = scheduler.choose(0.32)  # the cheapest fits, just not with the safety margin: tried
+    assert gamble.tier == fast and not gamble.skipped
     assert scheduler.choose(-0.1).skipped
