@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from client.control import ControlClient  # noqa: E402
-from client.recorder import to_mono  # noqa: E402
+from client.recorder import place_audio, to_mono  # noqa: E402
 from client.webrtc import Publisher, SpeechTrack, Viewer, read_speech  # noqa: E402
 from server.demo import prepare_live  # noqa: E402
 from streaming.source import VideoSource  # noqa: E402
@@ -109,14 +109,6 @@ class Capture:
         else:
             self.audio.append((arrival, frame.pts, to_mono(frame)))
 
-    def audio_timeline(self) -> tuple[float, np.ndarray]:
-        first_arrival, first_pts, _ = self.audio[0]
-        end = max(p - first_pts + len(s) for _, p, s in self.audio)
-        signal = np.zeros(end, np.float32)
-        for _, pts, samples in self.audio:
-            signal[pts - first_pts : pts - first_pts + len(samples)] = samples
-        return first_arrival, signal
-
 
 def speech_delays(sent: np.ndarray, sent_at: float, received: np.ndarray, received_at: float,
                   budget: float) -> list[float]:
@@ -184,7 +176,7 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
         stats = (await control.request("stats", session=session))["stats"]
         await publisher.close()
         await viewer.close(delete=False)
-    received_at, received = capture.audio_timeline()
+    received_at, received = place_audio(capture.audio)
     audio = speech_delays(speech, track.started_at, received, received_at, args.delay)
     steady = [t for t in capture.video_arrivals if track.started_at + args.delay + 1 <= t
               <= track.started_at + args.seconds + args.delay - 0.5]

@@ -28,6 +28,17 @@ def to_mono(frame: AudioFrame) -> np.ndarray:
     return (samples / scale).astype(np.float32)
 
 
+def place_audio(received: list[tuple[float, int, np.ndarray]]) -> tuple[float, np.ndarray]:
+    """Received audio ``(arrival, pts, mono samples)`` placed by its timestamps (48 kHz), and the arrival
+    time of its first sample: what was heard, on the receiver's clock, without arrival jitter."""
+    first_arrival, first_pts, _ = received[0]
+    end = max(pts - first_pts + len(samples) for _, pts, samples in received)
+    signal = np.zeros(end, np.float32)
+    for _, pts, samples in received:
+        signal[pts - first_pts : pts - first_pts + len(samples)] = samples
+    return first_arrival, signal
+
+
 class Mp4Recorder:
     def __init__(self, path: str) -> None:
         self.path = path

@@ -114,7 +114,7 @@ async def start_server(folder: str, **settings):
     from server.config import build_config
 
     config = build_config({"sources": source_folder(folder), "port": 0, "generator": "passthrough",
-                           "delay": 3.8, **settings})
+                           "delay": 4.2, **settings})
     server = LiveServer(config)
     await server.start()
     return server

@@ -36,7 +36,7 @@ def server(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--sources", source_folder(str(tmp_path / "sources")),
-         "--port", str(port), "--generator", "passthrough", "--delay", "3.8", "--size", "256x256",
+         "--port", str(port), "--generator", "passthrough", "--delay", "4.2", "--size", "256x256",
          "--log-level", "WARNING"] + (["--ice-loopback"] if _only_loopback() else []),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -96,7 +96,7 @@ def _poll(driver, condition, timeout: float) -> dict:
 
 
 def test_the_page_sends_its_microphone_and_shows_the_dub(server, browser):
-    browser.get(server + "#source=red&input=mic&delay=3.8&autostart=1")
+    browser.get(server + "#source=red&input=mic&delay=4.2&autostart=1")
     started = time.monotonic()
     report = _poll(browser, lambda r: r["errors"] or (r["stats"] and r["stats"]["chunks"]["generated"] >= 1
                                                       and r["framesShown"] >= 150), 25)
@@ -111,7 +111,7 @@ def test_the_page_sends_its_microphone_and_shows_the_dub(server, browser):
     elapsed = time.monotonic() - started
     assert stats["ingest"]["frames"] > 0 and 0.6 * elapsed < stats["ingest"]["seconds"] <= elapsed + 0.5
     assert stats["chunks"]["generated"] >= 1 and stats["chunks"]["late"] == 0
-    assert stats["delay"]["target"] == 3.8 and 22 <= stats["fps_out"] <= 27
+    assert stats["delay"]["target"] == 4.2 and 22 <= stats["fps_out"] <= 27
     # Swap the reference from the page.
     browser.execute_script("document.getElementById('swap-source').value = 'blue';"
                            "document.getElementById('swap-button').click();")

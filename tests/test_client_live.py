@@ -37,11 +37,11 @@ async def test_client_sends_speech_and_records_the_dub(tmp_path, loopback, short
     server = await start_server(str(tmp_path / "sources"), size="128x128")
     output = str(tmp_path / "dub.mp4")
     try:
-        summary = await send_and_record(server.url, "red", short_speech, output, delay=3.8, swaps=[(1.0, "blue", "cut")],
+        summary = await send_and_record(server.url, "red", short_speech, output, delay=4.2, swaps=[(1.0, "blue", "cut")],
                                         tail=0.3)
     finally:
         await server.stop()
-    assert summary["generator"] == "passthrough" and summary["delay"] == 3.8
+    assert summary["generator"] == "passthrough" and summary["delay"] == 4.2
     assert summary["stats"]["chunks"]["generated"] >= 1 and summary["stats"]["chunks"]["late"] == 0
     assert summary["swaps"][0]["source"] == "blue"
     with av.open(output) as container:
@@ -49,8 +49,8 @@ async def test_client_sends_speech_and_records_the_dub(tmp_path, loopback, short
         frames = list(container.decode(video=0))
         seconds = float(container.duration / av.time_base)
     assert video.width == 128 and audio.rate == 48_000
-    # Recording runs from the WHEP answer to 3 s of speech + 3.8 s delay + 0.3 s tail.
-    assert 6.5 < seconds < 9.0 and abs(len(frames) / seconds - 25) < 1.5
+    # Recording runs from the WHEP answer to 3 s of speech + 4.2 s delay + 0.3 s tail.
+    assert 6.9 < seconds < 9.5 and abs(len(frames) / seconds - 25) < 1.5
     assert abs(summary["frames_recorded"]["video"] - len(frames)) <= 2
 
 

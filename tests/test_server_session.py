@@ -78,14 +78,26 @@ async def _session(pool, source_path, events, delay=1.0, **settings) -> LiveSess
     return session
 
 
-async def test_session_generates_every_chunk_on_time_and_ends_after_the_speech(stills):
-    pool = await _pool("passthrough")
+async def _play(generator: str, still: str, seconds: float, options: dict | None = None, swap=None, **settings):
+    """A whole session on ``generator``: the session, its events and the frames played; with
+    ``swap=(after_seconds, still, mode)`` also where the reference swap took effect."""
+    pool = await _pool(generator, **(options or {}))
     events: list[dict] = []
+    where = None
     try:
-        session = await _session(pool, stills[0], events)
-        played = await _run(session, 2.0)
+        session = await _session(pool, still, events, **settings)
+        feeding = asyncio.create_task(_run(session, seconds))
+        if swap is not None:
+            await asyncio.sleep(swap[0])
+            where = session.swap_reference("swapped", VideoSource(swap[1], (64, 64)), swap[2])
+        played = await feeding
     finally:
         await pool.close()
+    return (session, events, played) if swap is None else (session, events, played, where)
+
+
+async def test_session_generates_every_chunk_on_time_and_ends_after_the_speech(stills):
+    session, events, played = await _play("passthrough", stills[0], 2.0)
     chunks = _events(events, "chunk")
     assert len(chunks) >= 7 and all(c["status"] == "on_time" for c in chunks)
     assert _events(events, "ended")[0]["reason"] == "ingest_ended"
@@ -100,16 +112,7 @@ async def test_session_generates_every_chunk_on_time_and_ends_after_the_speech(s
 
 
 async def test_reference_swap_takes_effect_at_the_next_chunk(stills):
-    pool = await _pool("passthrough")
-    events: list[dict] = []
-    try:
-        session = await _session(pool, stills[0], events)
-        feeding = asyncio.create_task(_run(session, 2.0))
-        await asyncio.sleep(0.8)
-        where = session.swap_reference("blue", VideoSource(stills[1], (64, 64)), "cut")
-        played = await feeding
-    finally:
-        await pool.close()
+    _, _, played, where = await _play("passthrough", stills[0], 2.0, swap=(0.8, stills[1], "cut"))
     first_blue = PLAN.chunk(where["chunk"]).new_start
     colours = {n: _colour(image) for n, kind, image in played if kind == "generated"}
     assert all(abs(colours[n][2] - RED[2]) < 10 for n in colours if n < first_blue)
@@ -119,16 +122,7 @@ async def test_reference_swap_takes_effect_at_the_next_chunk(stills):
 
 
 async def test_blend_swap_fades_from_the_last_frame(stills):
-    pool = await _pool("passthrough")
-    events: list[dict] = []
-    try:
-        session = await _session(pool, stills[0], events, blend_frames=4)
-        feeding = asyncio.create_task(_run(session, 1.5))
-        await asyncio.sleep(0.6)
-        where = session.swap_reference("blue", VideoSource(stills[1], (64, 64)), "blend")
-        played = await feeding
-    finally:
-        await pool.close()
+    _, _, played, where = await _play("passthrough", stills[0], 1.5, swap=(0.6, stills[1], "blend"), blend_frames=4)
     start = PLAN.chunk(where["chunk"]).new_start
     reds = [_colour(image)[0] for n, kind, image in played if start <= n < start + 5 and kind == "generated"]
     assert len(reds) == 5 and reds == sorted(reds, reverse=True)  # red fades out over 4 frames
@@ -136,13 +130,7 @@ async def test_blend_swap_fades_from_the_last_frame(stills):
 
 
 async def test_a_raising_generator_fails_one_chunk_and_the_session_goes_on(stills, fault_registry):
-    pool = await _pool("raising", fail_chunks=[2])
-    events: list[dict] = []
-    try:
-        session = await _session(pool, stills[0], events)
-        played = await _run(session, 1.6)
-    finally:
-        await pool.close()
+    session, events, played = await _play("raising", stills[0], 1.6, {"fail_chunks": [2]})
     errors = _events(events, "error")
     assert len(errors) == 1 and errors[0]["code"] == "generator_failed" and errors[0]["chunk"] == 2
     assert "deliberate failure" in errors[0]["message"]
@@ -175,13 +163,7 @@ async def test_a_killed_worker_process_is_restarted_and_the_session_goes_on(stil
 
 async def test_a_slow_generator_degrades_to_a_cheaper_tier_and_keeps_the_delay(stills, fault_registry):
     # The full tier takes 0.5 s for a 0.24 s chunk; the fast tiers 0.05 s.
-    pool = await _pool("slow", seconds=0.5, fast_seconds=0.05)
-    events: list[dict] = []
-    try:
-        session = await _session(pool, stills[0], events, delay=1.0)
-        played = await _run(session, 3.0)
-    finally:
-        await pool.close()
+    session, events, played = await _play("slow", stills[0], 3.0, {"seconds": 0.5, "fast_seconds": 0.05})
     degraded = _events(events, "degraded")
     assert degraded and all(d["action"] in ("tier", "skip") for d in degraded)
     tiers = session.stats()["tiers"]

@@ -3,12 +3,10 @@ the scheduler."""
 
 from __future__ import annotations
 
-from fractions import Fraction
-
-import av
 import numpy as np
 import pytest
 
+from _server_support import audio_frame
 from model.base import Tier
 from streaming.chunker import ChunkPlan
 from streaming.ingest import PLAYOUT_RATE, LiveAudioIngest, SampleRing
@@ -37,22 +35,13 @@ def test_ring_keeps_only_its_capacity_and_wraps():
     assert ring.read(118, 131).tolist() == [0, 0] + list(range(20, 30)) + [0]
 
 
-def _audio_frame(samples: np.ndarray, pts: int | None) -> av.AudioFrame:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)[None, :]
-    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-    frame.sample_rate = PLAYOUT_RATE
-    frame.pts = pts
-    frame.time_base = Fraction(1, PLAYOUT_RATE)
-    return frame
-
-
 def test_ingest_places_frames_by_timestamp_from_the_first_arrival():
     ingest = LiveAudioIngest(capacity_seconds=5)
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(PLAYOUT_RATE) / PLAYOUT_RATE)
     # First frame arrives at session time 1.0 s with pts 5000; later frames arrive with jitter.
     for k in range(50):
         jitter = 0.03 * ((k * 7) % 3)
-        ingest.push(_audio_frame(tone[k * 960 : (k + 1) * 960], 5000 + k * 960), 1.0 + k * 0.02 + jitter)
+        ingest.push(audio_frame(tone[k * 960 : (k + 1) * 960], 5000 + k * 960), 1.0 + k * 0.02 + jitter)
     assert ingest.reanchors == 0
     playout = ingest.playout.read(48_000, 96_000)
     np.testing.assert_allclose(playout, tone, atol=2e-4)  # placed at 1.0 s exactly, jitter ignored
@@ -66,12 +55,12 @@ def test_ingest_places_frames_by_timestamp_from_the_first_arrival():
 def test_ingest_gap_in_timestamps_stays_a_gap_and_far_jumps_reanchor():
     ingest = LiveAudioIngest(capacity_seconds=10)
     ones = np.full(960, 0.25)
-    ingest.push(_audio_frame(ones, 0), 0.0)
-    ingest.push(_audio_frame(ones, 960 + 9600), 0.22)  # 200 ms of missing packets
+    ingest.push(audio_frame(ones, 0), 0.0)
+    ingest.push(audio_frame(ones, 960 + 9600), 0.22)  # 200 ms of missing packets
     assert np.all(ingest.playout.read(960, 960 + 9600) == 0)
     assert ingest.playout.read(960 + 9600, 960 + 9600 + 960).min() > 0.2
     assert ingest.model.end == pytest.approx((960 + 9600 + 960) // 3, abs=200)
-    ingest.push(_audio_frame(ones, 10), 3.0)  # the sender restarted its timestamps
+    ingest.push(audio_frame(ones, 10), 3.0)  # the sender restarted its timestamps
     assert ingest.reanchors == 1
     assert ingest.playout.read(3 * PLAYOUT_RATE, 3 * PLAYOUT_RATE + 960).min() > 0.2
 
