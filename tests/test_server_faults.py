@@ -4,6 +4,8 @@ generator raises in one session; the sessions survive or end as documented, the 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import aiohttp
@@ -106,5 +108,30 @@ async def test_viewer_vanishing_and_ingest_stopping_and_a_raising_generator(tmp_
             assert ended["reason"] == "ingest_deleted"
             for viewer in viewers:
                 await viewer.close(delete=False)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.slow
+async def test_a_dead_worker_process_hits_only_its_own_session(tmp_path):
+    server = await start_server(str(tmp_path / "sources"), size="64x64", worker="process")
+    try:
+        async with ControlClient(control_url(server)) as control:
+            a = (await control.request("create", source="red"))["session"]
+            b = (await control.request("create", source="blue"))["session"]
+            pools = {sid: server.manager._entries[sid].own_pools[0] for sid in (a, b)}
+            assert pools[a].worker_pids and pools[a].worker_pids != pools[b].worker_pids
+            os.kill(pools[a].worker_pids[0], signal.SIGKILL)
+            seen: list[dict] = []
+            died = await _event(control, seen, lambda e: e["event"] == "error", 10)
+            assert died["session"] == a and died["code"] == "worker_died" and died["chunk"] == 0
+            # Chunks come on the session clock even without speech: B's first is on time, and A's second
+            # is generated again by the restarted worker.
+            await _event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == b
+                         and e["chunk"] == 0 and e["status"] == "on_time", 10)
+            await _event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == a
+                         and e["chunk"] == 1 and e["status"] == "on_time", 10)
+            assert not [e for e in seen if e["event"] == "error" and e["session"] == b]
+            assert pools[a].restarts == 1 and pools[b].deaths == 0
     finally:
         await server.stop()
