@@ -51,8 +51,8 @@ class ServerConfig:
     sources: str = "sources"
     generator: str = "lite"
     generator_options: tuple = ()
-    worker: str = "auto"  # thread, process, or auto (process for GPU generators)
-    workers: int = 0  # generator instances per generator; 0 = automatic
+    worker: str = "auto"  # thread, process, or auto (a process, except for passthrough)
+    workers: int = 0  # instances of a shared (GPU) generator; 0 = one
     delay: float = 5.5
     lead: float = 0.2
     size: object = 480

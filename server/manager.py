@@ -28,6 +28,9 @@ from streaming.workers import GeneratorPool, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
 GPU_GENERATORS = ("infinitetalk",)
+# Generators cheap enough to run in a thread of the server: the rest get a process (the GIL would
+# otherwise serialise them with the WebRTC work of every session).
+IN_PROCESS_GENERATORS = ("passthrough",)
 # Tier ladders for generators that do not declare their own: the diffusion model has steps to cut; the
 # others have one cost, and their only cheaper rung is the fallback (or skipping the chunk).
 TIERS = {"infinitetalk": DEFAULT_TIERS}
@@ -82,7 +85,7 @@ class SessionManager:
     def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
         spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
         mode = self.config.worker if self.config.worker != "auto" else (
-            "process" if spec.name in GPU_GENERATORS else "thread")
+            "thread" if spec.name in IN_PROCESS_GENERATORS else "process")
         return spec, mode
 
     async def pool(self, name: str | None = None) -> GeneratorPool:

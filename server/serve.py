@@ -29,8 +29,8 @@ def add_serve(commands) -> None:
 
     add_generator_options(parser, default=None)
     add("--worker", choices=("auto", "thread", "process"), help="where generators run (default auto: a "
-                                                               "process for GPU generators)")
-    add("--workers", type=int, metavar="N", help="generator instances per generator (default: automatic)")
+                                                               "process, except the trivial passthrough)")
+    add("--workers", type=int, metavar="N", help="instances of a shared GPU generator (default 1)")
     add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.5)")
     add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover both WebRTC "
                                                       "legs: encode, network, jitter buffers (default 0.2)")

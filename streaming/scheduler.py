@@ -73,6 +73,7 @@ class Scheduler:
             if self._estimate[tier.name] <= time_left:
                 self._relax(level)
                 return Decision(tier, level, time_left, self._estimate[tier.name])
+        self._relax(len(self.tiers))  # skipping idles the generator: its estimates may be stale
         return Decision(None, len(self.tiers), time_left, None)
 
     def _relax(self, chosen: int) -> None:

@@ -22,9 +22,12 @@ import multiprocessing
 import signal
 import time
 
+import numpy as np
+
 from model.base import AudioMargins, ChunkRequest, ChunkResult
 from model.registry import GENERATORS
 from streaming.errors import InputError
+from streaming.sharedframes import AttachedSegments, SharedSegment
 
 log = logging.getLogger("livedub.workers")
 WORKER_MODES = ("thread", "process")
@@ -141,7 +144,8 @@ class ThreadWorker:
 
 
 def _child_main(conn, spec: GeneratorSpec) -> None:
-    """The worker process: build the generator, then answer requests until told to stop."""
+    """The worker process: build the generator, then answer requests until told to stop. Frames come
+    and go through the parent's shared-memory segments (streaming/sharedframes.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
     try:
         generator = spec.build()
@@ -149,6 +153,7 @@ def _child_main(conn, spec: GeneratorSpec) -> None:
         conn.send(("failed", _describe(exc)))
         return
     conn.send(("ready", GeneratorProfile.of(generator)))
+    segments = AttachedSegments()
     try:
         while True:
             try:
@@ -157,11 +162,23 @@ def _child_main(conn, spec: GeneratorSpec) -> None:
                 break
             if request is None:
                 break
+            request, frames_in, frames_out = request
+            segments.forget_except({slot.name for slot in (frames_in, frames_out) if slot is not None})
+            if frames_in is not None:
+                request.source_frames = segments.view(frames_in)
             try:
-                conn.send(("ok", generator.generate(request)))
+                result = generator.generate(request)
             except Exception as exc:  # noqa: BLE001 - one chunk fails, the worker goes on
                 conn.send(("raised", _describe(exc)))
+                continue
+            frames = np.asarray(result.frames)
+            written = frames.shape == frames_out.shape and frames.dtype == np.uint8
+            if written:
+                segments.view(frames_out)[...] = frames
+                result.frames = None
+            conn.send(("ok", (result, written)))
     finally:
+        segments.forget_except(set())
         generator.close()
 
 
@@ -173,6 +190,8 @@ class ProcessWorker:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}-io")
         self._process: multiprocessing.Process | None = None
         self._conn = None
+        self._frames_in = SharedSegment()  # the request's source frames
+        self._frames_out = SharedSegment()  # the result's frames
 
     @property
     def pid(self) -> int | None:
@@ -212,14 +231,22 @@ class ProcessWorker:
         return payload
 
     def _generate(self, request: ChunkRequest) -> ChunkResult:
+        frames_in = None
+        if request.source_frames is not None:
+            frames_in = self._frames_in.put(request.source_frames)
+            request = dataclasses.replace(request, source_frames=None)
+        frames_out = self._frames_out.reserve((request.num_new, *request.size, 3))
         try:
-            self._conn.send(request)
+            self._conn.send((request, frames_in, frames_out))
         except (OSError, ValueError) as exc:
             raise WorkerDied(f"{self.spec.name} worker process is gone ({_describe(exc)})") from None
         kind, payload = self._receive(None)
         if kind == "raised":
             raise GeneratorFailed(payload)
-        return payload
+        result, written = payload
+        if written:
+            result.frames = self._frames_out.view(frames_out).copy()
+        return result
 
     def _stop(self) -> None:
         if self._process is None:
@@ -236,6 +263,11 @@ class ProcessWorker:
         self._conn.close()
         self._process = None
 
+    def _release(self) -> None:
+        self._stop()
+        self._frames_in.close()
+        self._frames_out.close()
+
     async def start(self) -> GeneratorProfile:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._start)
 
@@ -248,7 +280,7 @@ class ProcessWorker:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._stop)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._release)
         self._executor.shutdown(wait=False)
 
 

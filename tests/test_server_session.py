@@ -209,3 +209,21 @@ async def test_a_generator_too_slow_for_any_tier_hands_its_chunks_to_the_fallbac
     fell_back = [c for c in _events(events, "chunk") if c.get("tier") == "fallback"]
     assert fell_back and all(c["status"] == "on_time" for c in fell_back)
     assert any(d["action"] == "tier" and d["tier"] == "fallback" for d in _events(events, "degraded"))
+
+
+@pytest.mark.slow
+async def test_process_worker_passes_frames_through_shared_memory():
+    from model.base import ChunkRequest
+
+    pool = await _pool("passthrough", mode="process")
+    rng = np.random.default_rng(1)
+    try:
+        for size in ((32, 48), (64, 64)):  # the second request needs bigger segments
+            window = rng.integers(0, 255, (9, *size, 3), dtype=np.uint8)
+            request = ChunkRequest(index=1, start_frame=6, num_frames=9, audio=np.zeros(16, np.float32),
+                                   audio_offset=0, reference_frame=window[0], reference_index=6,
+                                   context_frames=window[:3], source_frames=window)
+            result = await pool.run(request, time.monotonic() + 30)
+            np.testing.assert_array_equal(result.frames, window[3:])
+    finally:
+        await pool.close()
