@@ -183,6 +183,7 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
     fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
     video = [d for t, d in capture.video_delays if track.started_at + args.delay + 1 <= t]
     return {"audio_delays": audio, "video_delays": video, "fps": fps, "first_frame": first_frame,
+            "server_fps": stats["fps_out"], "av_send": stats["av_offset_send"], "server_skipped": stats["frames_skipped"],
             "chunks": stats["chunks"], "tiers": stats["tiers"], "cost": stats["cost"]["mean"]}
 
 
@@ -205,14 +206,19 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
           f"budget {args.delay} s, "
           f"{args.seconds:g} s of speech each")
     print(f"speech delay glass to glass: {percentiles(audio)}  (budget {args.delay} s; {len(audio)} windows)")
+    av_send = ", ".join(f"p50 {r['av_send']['p50'] * 1000:+.1f} ms / p95 {r['av_send']['p95'] * 1000:+.1f} ms"
+                        for r in results if r["av_send"]["p50"] is not None)
+    print(f"A/V offset as sent by the server (video - audio send time, same instant): {av_send}")
     if video:
         print(f"video delay glass to glass:  {percentiles(video)}  ({len(video)} frames)")
-        print(f"A/V offset at the output (video - speech, per session): "
+        print(f"A/V offset at the aiortc receiver (video - speech delay, per session; aiortc does not "
+              f"lip-sync, its audio jitter buffer holds 80 ms more): "
               f"{', '.join(f'{o * 1000:+.0f} ms' for o in offsets)}")
     fps = ", ".join(f"{r['fps']:.2f}" for r in results)
     first = ", ".join("-" if r["first_frame"] is None else f"{r['first_frame']:.3f} s" for r in results)
     costs = ", ".join(f"{r['cost']:.3f} s" if r["cost"] else "-" for r in results)
-    print(f"output fps per viewer: {fps}")
+    server_fps = ", ".join(f"{r['server_fps']:.2f} ({r['server_skipped']} skipped)" for r in results)
+    print(f"output fps per viewer: {fps} received; {server_fps} sent by the server")
     print(f"WHEP POST to first frame: {first}")
     print(f"server CPU: {cpu * 100:.0f}% of one core in all, {cpu * 100 / sessions:.0f}% per session")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "

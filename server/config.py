@@ -54,7 +54,7 @@ class ServerConfig:
     worker: str = "auto"  # thread, process, or auto (a process, except for passthrough)
     workers: int = 0  # instances of a shared (GPU) generator; 0 = one
     delay: float = 5.5
-    lead: float = 0.2
+    lead: float = 0.12
     size: object = 480
     max_sessions: int = 4
     max_viewers: int = 8

@@ -101,9 +101,9 @@ class SessionManager:
             return self._pools[spec.name]
 
     async def prepare(self) -> str:
-        """Check the default generator at start-up (a GPU model is loaded now); the name actually used."""
-        spec, mode = self._spec(None)
-        if mode == "process":
+        """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
+        spec, _ = self._spec(None)
+        if spec.name in GPU_GENERATORS:
             await self.pool()
         return spec.name
 

@@ -141,7 +141,7 @@ async def open_viewer(session: LiveSession, viewer_id: str, offer: str,
             if transceiver.kind == "video" and "video" in media:
                 peer.pc.addTrack(SessionVideoTrack(session, viewer_id))
             elif transceiver.kind == "audio" and "audio" in media:
-                peer.pc.addTrack(SessionAudioTrack(session))
+                peer.pc.addTrack(SessionAudioTrack(session, viewer_id))
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
         return peer, peer.pc.localDescription.sdp
     except Exception:

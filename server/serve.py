@@ -32,8 +32,8 @@ def add_serve(commands) -> None:
                                                                "process, except the trivial passthrough)")
     add("--workers", type=int, metavar="N", help="instances of a shared GPU generator (default 1)")
     add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.5)")
-    add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover both WebRTC "
-                                                      "legs: encode, network, jitter buffers (default 0.2)")
+    add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover the output "
+                                                      "leg: encode, network, jitter buffer (default 0.12)")
     add("--size", help="output size: 480 (default) or 720 bucket, or WxH")
     add("--max-sessions", type=int, metavar="N", help="concurrent sessions (default 4)")
     add("--max-viewers", type=int, metavar="N", help="WHEP viewers per session (default 8)")

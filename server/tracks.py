@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from streaming.session import LiveSession
 from streaming.timeline import AUDIO_BLOCK, AUDIO_CLOCK, VIDEO_CLOCK
 
-SKIP_AFTER_FRAMES = 3  # this late, the next frame due now is sent instead (no burst)
+SKIP_AFTER_FRAMES = 6  # this late (240 ms), the frame due now is sent instead: no long burst
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
 AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK)
 
@@ -82,6 +82,10 @@ class SessionVideoTrack(_PacedTrack):
 class SessionAudioTrack(_PacedTrack):
     kind = "audio"
 
+    def __init__(self, session: LiveSession, viewer_id: str) -> None:
+        super().__init__(session)
+        self.stats = session.viewer_stats(viewer_id)
+
     async def recv(self) -> av.AudioFrame:
         clock = self.session.clock
         j = await self._pace(clock.block_due, clock.block_at)
@@ -97,4 +101,5 @@ class SessionAudioTrack(_PacedTrack):
         frame.sample_rate = AUDIO_CLOCK
         frame.pts = clock.audio_pts(j)
         frame.time_base = AUDIO_TIME_BASE
+        self.stats.audio_block_sent(j, time.monotonic())
         return frame

@@ -21,6 +21,10 @@ PLAYOUT_RATE = 48_000
 # A frame whose timestamp places it further than this from its arrival re-anchors the stream (a sender
 # that restarted its timestamps, or a stall that outlasted the jitter buffer).
 REANCHOR_SECONDS = 0.5
+# aiortc's receiver holds 4 audio packets (80 ms) in its jitter buffer before it releases the first
+# (video: none), so speech reaches us that much after it was captured: placed by arrival minus this, it
+# lines up with live video frames captured at the same instant.
+RECEIVE_LATENCY = 0.08
 # Loudness normalisation never amplifies more than this (quiet noise before speech stays quiet).
 MAX_GAIN_DB = 24.0
 # The model ring follows the resampler's output count; it re-synchronises to the timestamps when they
@@ -81,7 +85,8 @@ class SampleRing:
 class LiveAudioIngest:
     """Turns received ``av.AudioFrame``s into the playout and model rings of one session."""
 
-    def __init__(self, capacity_seconds: float) -> None:
+    def __init__(self, capacity_seconds: float, receive_latency: float = RECEIVE_LATENCY) -> None:
+        self.receive_latency = receive_latency
         self.playout = SampleRing(PLAYOUT_RATE, capacity_seconds)
         self.model = SampleRing(AUDIO_RATE, capacity_seconds)
         self._loudness = RunningLoudness()
@@ -100,7 +105,7 @@ class LiveAudioIngest:
 
     def push(self, frame: av.AudioFrame, arrival: float) -> None:
         """Place one received frame; ``arrival`` is its arrival time in session seconds."""
-        arrival_index = int(round(arrival * PLAYOUT_RATE))
+        arrival_index = int(round((arrival - self.receive_latency) * PLAYOUT_RATE))
         stamp = _stamp_in_samples(frame)
         if self._anchor is None or stamp is None or abs(self._anchor + stamp - arrival_index) > (
                 REANCHOR_SECONDS * PLAYOUT_RATE):

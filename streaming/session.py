@@ -44,7 +44,7 @@ FALLBACK_TIER = "fallback"  # the ladder's last rung when the session has a chea
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
     delay: float = 5.5  # glass-to-glass latency budget, seconds
-    lead: float = 0.2  # frames leave this early to cover both WebRTC legs (encode, network, jitter buffers)
+    lead: float = 0.12  # frames leave this early to cover the output leg (encode, network, jitter buffer)
     playout_margin: float = 0.04  # a result must be in this long before its slot's first frame
     capture_grace: float = 0.06  # wait this long past a chunk's capture end for late packets
     keyframe_interval: int = 72
@@ -103,12 +103,26 @@ class _Swap:
 
 
 class ViewerStats:
-    """What one viewer's tracks sent: frame send times, for fps and the measured delay."""
+    """What one viewer's tracks sent: frame send times (fps, delay) and the A/V offset at sending."""
 
     def __init__(self) -> None:
         self.sent = collections.deque(maxlen=100)
         self.frames = 0
         self.skipped = 0
+        self._audio_sent: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self.av_offsets = collections.deque(maxlen=250)  # video send time - audio send time, same instant
+
+    def audio_block_sent(self, j: int, now: float) -> None:
+        self._audio_sent[j] = now
+        while len(self._audio_sent) > 200:
+            self._audio_sent.popitem(last=False)
+
+    def video_frame_sent(self, n: int, now: float) -> None:
+        self.sent.append(now)
+        self.frames += 1
+        audio = self._audio_sent.get(2 * n)  # block 2n (20 ms) starts at frame n (40 ms)
+        if audio is not None:
+            self.av_offsets.append(now - audio)
 
     def fps(self, now: float, window: float = 2.0) -> float:
         recent = [t for t in self.sent if now - t <= window]
@@ -380,8 +394,7 @@ class LiveSession:
         return image
 
     def frame_sent(self, viewer: ViewerStats, n: int, now: float) -> None:
-        viewer.sent.append(now)
-        viewer.frames += 1
+        viewer.video_frame_sent(n, now)
         self.send_delays.append(now - self.clock.at(n / FPS))
 
     # ---- reporting ------------------------------------------------------------------------------------
@@ -396,6 +409,7 @@ class LiveSession:
             "generator": self.profile.name, "time": round(self.clock.session_time(now), 3),
             "delay": {"target": self.clock.delay, "lead": self.clock.lead,
                       "send": _percentiles(list(self.send_delays))},
+            "av_offset_send": _percentiles([o for v in self.viewers.values() for o in v.av_offsets]),
             "chunks": {"generated": self.counts["generated"], "late": self.counts["late"],
                        "skipped": self.counts["skipped"], "failed": self.counts["failed"],
                        "degraded": sum(v for k, v in self.tier_counts.items() if k != self.settings.tiers[0].name)},
@@ -403,6 +417,7 @@ class LiveSession:
             "frames": dict(self.played),
             "fps_out": round(float(np.mean([v.fps(now) for v in self.viewers.values()])), 2) if self.viewers else 0.0,
             "viewers": len(self.viewers),
+            "frames_skipped": sum(v.skipped for v in self.viewers.values()),  # sent late: skipped ahead
             "cost": {"last": round(costs[-1], 4) if costs else None,
                      "mean": round(float(np.mean(costs)), 4) if costs else None, **_percentiles(costs)},
             "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,

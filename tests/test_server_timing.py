@@ -36,7 +36,7 @@ def test_ring_keeps_only_its_capacity_and_wraps():
 
 
 def test_ingest_places_frames_by_timestamp_from_the_first_arrival():
-    ingest = LiveAudioIngest(capacity_seconds=5)
+    ingest = LiveAudioIngest(capacity_seconds=5, receive_latency=0.0)
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(PLAYOUT_RATE) / PLAYOUT_RATE)
     # First frame arrives at session time 1.0 s with pts 5000; later frames arrive with jitter.
     for k in range(50):
@@ -53,7 +53,7 @@ def test_ingest_places_frames_by_timestamp_from_the_first_arrival():
 
 
 def test_ingest_gap_in_timestamps_stays_a_gap_and_far_jumps_reanchor():
-    ingest = LiveAudioIngest(capacity_seconds=10)
+    ingest = LiveAudioIngest(capacity_seconds=10, receive_latency=0.0)
     ones = np.full(960, 0.25)
     ingest.push(audio_frame(ones, 0), 0.0)
     ingest.push(audio_frame(ones, 960 + 9600), 0.22)  # 200 ms of missing packets

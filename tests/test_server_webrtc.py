@@ -21,7 +21,7 @@ from client.control import ControlClient
 from client.recorder import place_audio, to_mono
 from client.webrtc import Publisher, SpeechTrack, Viewer
 
-DELAY = 4.2  # the minimum is 3.64 s: leave the chunks some room on a busy machine
+DELAY = 4.2  # the minimum is 3.56 s: leave the chunks some room on a busy machine
 SPEECH_SECONDS = 6.0
 
 
