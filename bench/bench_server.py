@@ -194,9 +194,10 @@ def percentiles(values) -> str:
 
 
 async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
-    cpu0, wall0 = server_cpu_seconds(pid), time.monotonic()
+    cpu0, own0, wall0 = server_cpu_seconds(pid), time.process_time(), time.monotonic()
     results = await asyncio.gather(*(one_session(base, i, args, speech, camera) for i in range(sessions)))
-    cpu = (server_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    wall = time.monotonic() - wall0
+    cpu, own = (server_cpu_seconds(pid) - cpu0) / wall, (time.process_time() - own0) / wall
     audio = [d for r in results for d in r["audio_delays"]]
     video = [d for r in results for d in r["video_delays"]]
     late = sum(r["chunks"]["late"] + r["chunks"]["skipped"] + r["chunks"]["failed"] for r in results)
@@ -220,7 +221,8 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     server_fps = ", ".join(f"{r['server_fps']:.2f} ({r['server_skipped']} skipped)" for r in results)
     print(f"output fps per viewer: {fps} received; {server_fps} sent by the server")
     print(f"WHEP POST to first frame: {first}")
-    print(f"server CPU: {cpu * 100:.0f}% of one core in all, {cpu * 100 / sessions:.0f}% per session")
+    print(f"server CPU (with its worker processes): {cpu * 100:.0f}% of one core in all, "
+          f"{cpu * 100 / sessions:.0f}% per session; the clients (this process, same machine): {own * 100:.0f}%")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "
           f"tiers {[r['tiers'] for r in results]}; generator cost per chunk (mean) {costs}")
     return {"sessions": sessions, "late": late}

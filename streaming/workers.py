@@ -19,6 +19,7 @@ import importlib.util
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 import time
 
@@ -34,6 +35,7 @@ WORKER_MODES = ("thread", "process")
 START_TIMEOUT = 600.0  # seconds a worker may take to build its generator (model weights load slowly)
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 POLL_SECONDS = 0.1
+WORKER_NICENESS = 10
 
 
 class GeneratorFailed(RuntimeError):
@@ -147,6 +149,9 @@ def _child_main(conn, spec: GeneratorSpec) -> None:
     """The worker process: build the generator, then answer requests until told to stop. Frames come
     and go through the parent's shared-memory segments (streaming/sharedframes.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
+    # Generation has slack until its deadline; pacing the tracks has none. When the CPU is contended,
+    # the server's event loop goes first (a late chunk falls back; a late frame is a visible stutter).
+    os.nice(WORKER_NICENESS)
     try:
         generator = spec.build()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
