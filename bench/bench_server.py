@@ -13,7 +13,7 @@ WHIP and is watched by one WHEP viewer. Printed per run:
 ``--sessions 1 2 4`` runs one measurement per count; the largest count with no late chunk is reported.
 
 Run:  PYTHONPATH=$PWD .venv/bin/python bench/bench_server.py [--generator lite] [--sessions 1 2 4]
-      [--seconds 20] [--delay 5.5] [--source video|still|live] [--size 512x512]
+      [--seconds 20] [--delay 5.5] [--source video|still|live] [--size 512x512] [--stagger 0.7]
 """
 
 from __future__ import annotations
@@ -151,6 +151,7 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 async def one_session(base: str, index: int, args, speech: np.ndarray, camera: list | None) -> dict:
+    await asyncio.sleep(index * args.stagger)
     capture = Capture(camera is not None)
     async with ControlClient(base.replace("http://", "ws://") + "control") as control, \
             aiohttp.ClientSession() as http:
@@ -184,7 +185,8 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
     video = [d for t, d in capture.video_delays if track.started_at + args.delay + 1 <= t]
     return {"audio_delays": audio, "video_delays": video, "fps": fps, "first_frame": first_frame,
             "server_fps": stats["fps_out"], "av_send": stats["av_offset_send"], "server_skipped": stats["frames_skipped"],
-            "chunks": stats["chunks"], "tiers": stats["tiers"], "cost": stats["cost"]["mean"]}
+            "chunks": stats["chunks"], "tiers": stats["tiers"], "cost": stats["cost"]["mean"],
+            "generator": stats["cost"]["generator_mean"]}
 
 
 def percentiles(values) -> str:
@@ -204,7 +206,7 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     offsets = [float(np.median(r["video_delays"]) - np.median(r["audio_delays"]))
                for r in results if r["video_delays"] and r["audio_delays"]]
     print(f"\n== {sessions} session(s), generator {args.generator} ({args.worker} workers), source {args.source}, "
-          f"budget {args.delay} s, "
+          f"budget {args.delay} s, started {args.stagger:g} s apart, "
           f"{args.seconds:g} s of speech each")
     print(f"speech delay glass to glass: {percentiles(audio)}  (budget {args.delay} s; {len(audio)} windows)")
     av_send = ", ".join(f"p50 {r['av_send']['p50'] * 1000:+.1f} ms / p95 {r['av_send']['p95'] * 1000:+.1f} ms"
@@ -217,14 +219,15 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
               f"{', '.join(f'{o * 1000:+.0f} ms' for o in offsets)}")
     fps = ", ".join(f"{r['fps']:.2f}" for r in results)
     first = ", ".join("-" if r["first_frame"] is None else f"{r['first_frame']:.3f} s" for r in results)
-    costs = ", ".join(f"{r['cost']:.3f} s" if r["cost"] else "-" for r in results)
+    costs = ", ".join(f"{r['cost']:.3f} s ({r['generator']:.3f} s in the generator)" if r["cost"] else "-"
+                      for r in results)
     server_fps = ", ".join(f"{r['server_fps']:.2f} ({r['server_skipped']} skipped)" for r in results)
     print(f"output fps per viewer: {fps} received; {server_fps} sent by the server")
     print(f"WHEP POST to first frame: {first}")
     print(f"server CPU (with its worker processes): {cpu * 100:.0f}% of one core in all, "
           f"{cpu * 100 / sessions:.0f}% per session; the clients (this process, same machine): {own * 100:.0f}%")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "
-          f"tiers {[r['tiers'] for r in results]}; generator cost per chunk (mean) {costs}")
+          f"tiers {[r['tiers'] for r in results]}; cost per chunk (mean, submission to result) {costs}")
     return {"sessions": sessions, "late": late}
 
 
@@ -238,6 +241,9 @@ def main() -> int:
                         help="library clip (panning camera), library still portrait, or live stamped camera")
     parser.add_argument("--size", default="512x512")
     parser.add_argument("--worker", choices=("auto", "thread", "process"), default="auto")
+    parser.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
+                        help="start session i at i * SECONDS (0: all at once, the worst case: every "
+                             "session's chunks fall due together)")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="livedub-bench-")
     clip, speech_path = prepare_live(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import time
 from typing import Callable
@@ -24,7 +25,7 @@ from streaming.livesource import LiveVideoSource
 from streaming.scheduler import DEFAULT_TIERS
 from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
 from streaming.source import VideoSource
-from streaming.workers import GeneratorPool, GeneratorSpec
+from streaming.workers import CpuSlots, GeneratorPool, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
 GPU_GENERATORS = ("infinitetalk",)
@@ -34,7 +35,7 @@ IN_PROCESS_GENERATORS = ("passthrough",)
 # Tier ladders for generators that do not declare their own: the diffusion model has steps to cut; the
 # others have one cost, and their only cheaper rung is the fallback (or skipping the chunk).
 TIERS = {"infinitetalk": DEFAULT_TIERS}
-FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in the session's own thread
+FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in a process of the session's own
 
 
 class UnknownSession(InputError):
@@ -68,6 +69,11 @@ class SessionManager:
         self._listeners: list[Callable[[dict], None]] = []
         self._creating = 0
         self.started = time.time()
+        # CPU generators of all sessions share the cores left after the WebRTC work (one core's worth).
+        self.cpu_slots = CpuSlots(max(1, (os.cpu_count() or 2) - 1))
+        # A worker process of the default generator started ahead, so that creating a session does not
+        # wait for a process to start and import its libraries (seconds).
+        self._spare: tuple[asyncio.Task, GeneratorPool] | None = None
 
     # ---- events -----------------------------------------------------------------------------------------
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
@@ -102,10 +108,36 @@ class SessionManager:
 
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
-        spec, _ = self._spec(None)
+        spec, mode = self._spec(None)
         if spec.name in GPU_GENERATORS:
             await self.pool()
+        else:
+            self._start_spare(spec, mode)
         return spec.name
+
+    def _start_spare(self, spec: GeneratorSpec, mode: str) -> None:
+        pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
+        self._spare = (asyncio.create_task(pool.start(), name=f"spare-{spec.name}"), pool)
+
+    async def _session_pool(self, spec: GeneratorSpec, mode: str) -> GeneratorPool:
+        """A started pool of a session's own: the spare when it is of this generator (and a new spare
+        starts), else a new one."""
+        default = self._spec(None)
+        if self._spare is not None and (spec, mode) == default:
+            (task, pool), self._spare = self._spare, None
+            try:
+                await task
+            except Exception:  # noqa: BLE001 - a spare that failed to start is replaced below
+                log.exception("spare %s worker failed to start", spec.name)
+                await pool.close()
+            else:
+                self._start_spare(spec, mode)
+                return pool
+        pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
+        await pool.start()
+        if self._spare is None and (spec, mode) == default:
+            self._start_spare(spec, mode)
+        return pool
 
     async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
         """The session's generator pool and fallback pool, and those it owns. CPU generators get an
@@ -117,13 +149,13 @@ class SessionManager:
             if spec.name in GPU_GENERATORS:
                 pool = await self.pool(name)
             else:
-                pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2)
+                pool = await self._session_pool(spec, mode)
                 owned.append(pool)
-                await pool.start()
             fallback = None
             if spec.name in GPU_GENERATORS:
                 fallback_spec = GeneratorSpec.from_registry(FALLBACK_GENERATOR, fallback=None)
-                fallback = GeneratorPool(fallback_spec, workers=1, mode="thread", queue_limit=2)
+                fallback = GeneratorPool(fallback_spec, workers=1, mode="process", queue_limit=2,
+                                         cpu_slots=self.cpu_slots)
                 owned.append(fallback)
                 await fallback.start()
         except BaseException:
@@ -249,5 +281,10 @@ class SessionManager:
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(sid, "server_stopped") for sid in list(self._entries)),
                              return_exceptions=True)
+        if self._spare is not None:
+            (task, pool), self._spare = self._spare, None
+            await asyncio.gather(task, return_exceptions=True)
+            await pool.close()
         await asyncio.gather(*(p.close() for p in self._pools.values()), return_exceptions=True)
         self._pools.clear()
+

@@ -172,7 +172,8 @@ class LiveSession:
         self.viewers: dict[str, ViewerStats] = {}
         self.counts = collections.Counter()
         self.tier_counts = collections.Counter()
-        self.costs = collections.deque(maxlen=50)
+        self.costs = collections.deque(maxlen=50)  # submission to result, queueing and transfer included
+        self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
         self.send_delays = collections.deque(maxlen=250)
         self.played = collections.Counter()
         self._task: asyncio.Task | None = None
@@ -290,6 +291,7 @@ class LiveSession:
         cost = self._now() - started
         self.scheduler.record(decision.tier, cost)
         self.costs.append(cost)
+        self.generator_seconds.append(result.seconds)
         if self._now() > deadline:
             return self._fell_back(index, request, fallback, "late", report, f"took {cost:.3f} s", cost)
         frames = await self._in_thread(self._accept, request, result, swap)
@@ -298,7 +300,7 @@ class LiveSession:
         self.timeline.offer(index, frames, "generated")
         self.counts["generated"] += 1
         self._event("chunk", **report, status="on_time", tier=decision.tier.name, seconds=round(cost, 4),
-                    info=_jsonable(result.info))
+                    generator_seconds=round(result.seconds, 4), info=_jsonable(result.info))
 
     def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: dict,
                    reason: str | None = None, cost: float | None = None) -> None:
@@ -419,7 +421,9 @@ class LiveSession:
             "viewers": len(self.viewers),
             "frames_skipped": sum(v.skipped for v in self.viewers.values()),  # sent late: skipped ahead
             "cost": {"last": round(costs[-1], 4) if costs else None,
-                     "mean": round(float(np.mean(costs)), 4) if costs else None, **_percentiles(costs)},
+                     "mean": round(float(np.mean(costs)), 4) if costs else None, **_percentiles(costs),
+                     "generator_mean": round(float(np.mean(self.generator_seconds)), 4)
+                     if self.generator_seconds else None},
             "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,
                        "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
                        "video_frames": self.live.frames_received if self.live is not None else 0},

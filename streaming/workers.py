@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import heapq
 import importlib
 import importlib.util
 import itertools
@@ -289,6 +290,41 @@ class ProcessWorker:
         self._executor.shutdown(wait=False)
 
 
+class CpuSlots:
+    """At most ``count`` CPU generators run at once across all pools that share this, earliest deadline
+    first. With more sessions than cores, chunks that all fall due together otherwise run together and
+    thrash: each then takes several times its cost and all of them miss; taken in deadline order, each
+    gets a core to itself."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("at least one CPU slot")
+        self._free = count
+        self._waiting: list[tuple[float, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, deadline: float) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (deadline, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._free += 1
+
+
 @dataclasses.dataclass(order=True)
 class _Job:
     deadline: float
@@ -301,7 +337,7 @@ class GeneratorPool:
     """``workers`` instances of one generator serving chunk requests, earliest deadline first."""
 
     def __init__(self, spec: GeneratorSpec, workers: int = 1, mode: str = "thread", queue_limit: int = 8,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, cpu_slots: CpuSlots | None = None) -> None:
         if mode not in WORKER_MODES:
             raise InputError(f"bad worker mode {mode!r}: accepted are {', '.join(WORKER_MODES)}")
         if workers < 1:
@@ -309,6 +345,7 @@ class GeneratorPool:
         self.spec = spec
         self.mode = mode
         self._clock = clock
+        self._cpu_slots = cpu_slots
         self._workers = [ThreadWorker(spec) if mode == "thread" else ProcessWorker(spec) for _ in range(workers)]
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=queue_limit)
         self._order = itertools.count()
@@ -350,11 +387,11 @@ class GeneratorPool:
             job = await self._queue.get()
             if job.future.done():  # the session gave up on it
                 continue
-            if self._clock() > job.deadline:
-                job.future.set_exception(Expired(f"chunk {job.request.index} waited past its deadline"))
-                continue
             try:
-                result = await worker.generate(job.request)
+                result = await self._generate(worker, job)
+            except Expired as exc:
+                _settle(job.future, exc)
+                continue
             except WorkerDied as exc:
                 self.deaths += 1
                 _settle(job.future, exc)
@@ -369,6 +406,19 @@ class GeneratorPool:
             failures = 0
             if not job.future.done():
                 job.future.set_result(result)
+
+    async def _generate(self, worker, job: _Job) -> ChunkResult:
+        if self._cpu_slots is not None:
+            await self._cpu_slots.acquire(job.deadline)
+        try:
+            if job.future.done():
+                raise Expired(f"chunk {job.request.index} was given up")
+            if self._clock() > job.deadline:
+                raise Expired(f"chunk {job.request.index} waited past its deadline")
+            return await worker.generate(job.request)
+        finally:
+            if self._cpu_slots is not None:
+                self._cpu_slots.release()
 
     async def _restart(self, worker: ProcessWorker, failures: int) -> int:
         """Restart a dead worker process, waiting longer after each failure; never gives up."""
