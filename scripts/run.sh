@@ -5,4 +5,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-exec "$ROOT/.venv/bin/livedub" serve --demo --host 127.0.0.1 --generator lite "$@"
+exec "$ROOT/.venv/bin/livedub" serve --demo --host 127.0.0.1 --generator lite --size 512x512 "$@"

@@ -107,6 +107,9 @@ async def _serve(config, demo_speech: str | None) -> int:
         generator = server.generator
         print(f"livedub serve: open {url}  (generator {generator}, delay {config.delay:g} s, sources: {sources})",
               flush=True)
+        if demo_speech:
+            print(f"livedub serve: with the demo speech instead of a microphone: {url}#input=demo&source=portrait",
+                  flush=True)
         await stop.wait()
         print("livedub serve: stopping", file=sys.stderr, flush=True)
     finally:
