@@ -61,6 +61,10 @@ async def test_bad_control_messages_get_error_replies_and_nothing_else_breaks(tm
             assert (await control.request("ping"))["op"] == "ping"
             stats = (await control.request("stats", session=session))["stats"]
             assert stats["state"] == "running" and stats["source"] == "red"
+            async with aiohttp.ClientSession() as http, http.get(server.url + "metrics") as response:
+                metrics = await response.text()
+            assert f'livedub_delay_target_seconds{{session="{session}"}} 4.2' in metrics
+            assert f'livedub_chunks_total{{session="{session}",status="late"}} 0.0' in metrics
             assert (await other.request("sources"))["sources"] == ["blue", "red"]
             listed = (await other.request("sessions"))["sessions"]
             assert [s["session"] for s in listed] == [session]
