@@ -56,10 +56,11 @@ CLIP_RENAMES = [
 
 
 def convert_clip_visual(official: dict[str, torch.Tensor], keep_layers: int) -> dict[str, torch.Tensor]:
-    """Official open-clip ``visual.*`` keys -> ``transformers.CLIPVisionModel`` keys (``vision_model.`` prefix).
+    """Official open-clip ``visual.*`` keys -> ``transformers.CLIPVisionModel`` keys.
 
     Only the first ``keep_layers`` blocks are kept: the official output is block L-2's (``use_31_block``),
     so the last block, ``post_norm`` and ``head`` are never used and are dropped, as are ``textual.*``.
+    (The library model's own ``post_layernorm`` is left as initialised: it never touches the output.)
     """
     converted = {}
     for key in list(official):
@@ -71,19 +72,19 @@ def convert_clip_visual(official: dict[str, torch.Tensor], keep_layers: int) -> 
         if (layer and int(layer.group(1)) >= keep_layers) or name.startswith(("head", "post_norm", "proj")):
             continue
         if name == "cls_embedding":
-            converted["vision_model.embeddings.class_embedding"] = value.reshape(-1)
+            converted["embeddings.class_embedding"] = value.reshape(-1)
             continue
         if name == "pos_embedding":
-            converted["vision_model.embeddings.position_embedding.weight"] = value.reshape(value.shape[-2:])
+            converted["embeddings.position_embedding.weight"] = value.reshape(value.shape[-2:])
             continue
         qkv = re.match(r"^transformer\.(\d+)\.attn\.to_qkv\.(weight|bias)$", name)
         if qkv:
             for part, chunk in zip("qkv", value.chunk(3, dim=0)):
-                converted[f"vision_model.encoder.layers.{qkv.group(1)}.self_attn.{part}_proj.{qkv.group(2)}"] = chunk
+                converted[f"encoder.layers.{qkv.group(1)}.self_attn.{part}_proj.{qkv.group(2)}"] = chunk
             continue
         for pattern, replacement in CLIP_RENAMES:
             name = re.sub(pattern, replacement, name)
-        converted["vision_model." + name] = value
+        converted[name] = value
     return converted
 
 
