@@ -112,7 +112,27 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_dub, _add_demo]
+def _add_conformance(commands) -> None:
+    parser = commands.add_parser("conformance", help="check the InfiniteTalk implementation against fixture sets",
+                                 description="Run every InfiniteTalk conformance fixture set in DIR (a set with "
+                                             "dit/, encoders/, pipeline/, or a folder of sets); one line per case; "
+                                             "exit status 1 if any case exceeds its tolerance.")
+    parser.add_argument("folder", metavar="DIR")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.set_defaults(run=_run_conformance)
+
+
+def _run_conformance(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.infinitetalk.conformance import run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return 1 if run(args.folder).failures else 0
+
+
+SUBCOMMANDS = [_add_dub, _add_demo, _add_conformance]
 
 
 def build_parser() -> argparse.ArgumentParser:
