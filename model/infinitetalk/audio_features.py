@@ -111,3 +111,18 @@ class Wav2VecEncoder:
             raise ValueError(f"audio window of {len(samples)} samples holds no whole 25 fps frame")
         span = samples[skip : skip + frames * SAMPLES_PER_FRAME]
         return first, self.embed(span, frames)
+
+
+def chunk_features(encoder: Wav2VecEncoder, samples: np.ndarray, sample_offset: int, start: int, frames: int,
+                   speech_frames: int | None) -> torch.Tensor:
+    """What the DiT reads for one chunk: ``[frames, 5, layers, hidden]`` from a live window.
+
+    ``samples[0]`` is absolute sample ``sample_offset``; the window must cover the chunk's frames +-2
+    (plus any context). When the speech length is known the window is cut there, as the whole file
+    ends there, and the official end handling (clamp / mirror) applies."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if speech_frames is not None:
+        samples = samples[: max(speech_frames * SAMPLES_PER_FRAME - sample_offset, SAMPLES_PER_FRAME)]
+    first, features = encoder.embed_span(samples, sample_offset)
+    rows = chunk_rows(start, frames, speech_frames)
+    return features[(rows - first).clamp(0, features.shape[0] - 1).to(features.device)]

@@ -245,6 +245,8 @@ def transformer_config_from_official(official: dict) -> dict:
         qk_norm="rms_norm_across_heads",
         eps=official.get("eps", 1e-6), image_dim=1280, added_kv_proj_dim=dim, text_len=official.get("text_len", 512),
         audio_window=official.get("audio_window", 5), vae_scale=official.get("vae_scale", 4),
+        # wav2vec2 layers x width: hard-coded 12 x 768 in the official model; settable for tiny test models
+        audio_layers=official.get("audio_layers", 12), audio_channels=official.get("audio_channels", 768),
         audio_intermediate_dim=official.get("intermediate_dim", 512),
         audio_token_dim=official.get("output_dim", 768), audio_tokens_per_frame=official.get("context_tokens", 32),
         norm_input_visual=official.get("norm_input_visual", True),
