@@ -47,10 +47,20 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", default="lite", metavar="NAME", help=f"one of: {names}")
     parser.add_argument("--weights", metavar="DIR", help="weights directory (infinitetalk; see README)")
     parser.add_argument("--device", default=None, help="torch device for model generators (default: cuda if present)")
+    parser.add_argument("--generator-option", dest="generator_option", action="append", default=[], type=_key_value,
+                        metavar="KEY=VALUE", help="a generator build option, repeatable (infinitetalk: steps=8, "
+                                                  "lora=FILE, fp8=true, ...; see README)")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"bad option {text!r}: accepted is KEY=VALUE, e.g. steps=8")
+    return key.strip(), value.strip()
 
 
 def generator_options(args: argparse.Namespace) -> dict:
-    options = {}
+    options = dict(getattr(args, "generator_option", None) or [])
     if getattr(args, "weights", None):
         options["weights"] = args.weights
     if getattr(args, "device", None):

@@ -3,13 +3,17 @@
 Same formula as ``streaming.color.match_colors`` (skimage Lab, D65/2°): per frame and Lab channel,
 ``(x - mean) * std_ref / std + mean_ref`` (population std; ``mean_ref`` where the frame is flat), back to
 RGB, clipped, blended with the original by ``strength``. skimage takes ~4 s per 81-frame 480p chunk on a
-CPU; this runs on the GPU in milliseconds.
+CPU; this runs on the GPU in milliseconds. One deliberate difference: a channel counts as flat when its
+std is below 1e-6 Lab units, not only when it is exactly 0 - on a flat frame float32 rounding leaves a
+std of ~1e-7, which the official code divides by (garbage colours); here such a frame gets the
+reference mean, as the formula intends.
 """
 
 from __future__ import annotations
 
 import torch
 
+FLAT_STD = 1e-6
 XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 D65_WHITE = (0.95047, 1.0, 1.08883)
 
@@ -49,7 +53,7 @@ def match_colors(frames: torch.Tensor, reference: torch.Tensor, strength: float)
     ref_std = ref_lab.std(dim=(0, 1), correction=0)
     src_mean = src_lab.mean(dim=(1, 2), keepdim=True)
     src_std = src_lab.std(dim=(1, 2), correction=0, keepdim=True)
-    flat = src_std == 0
+    flat = src_std < FLAT_STD
     scale = torch.where(flat, torch.zeros_like(src_std), ref_std / torch.where(flat, torch.ones_like(src_std), src_std))
     corrected = lab_to_rgb((src_lab - src_mean) * scale + ref_mean)
     blended = (1.0 - strength) * src01 + strength * corrected

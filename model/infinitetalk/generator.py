@@ -123,6 +123,31 @@ class InfiniteTalkGenerator:
             torch.cuda.empty_cache()
 
 
+OPTIONAL_FLOATS = ("shift", "sdedit")
+
+
+def _coerce(name: str, value, default):
+    """Option values typed on the command line (``--generator-option steps=8``) -> the field's type."""
+    try:
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else (value if isinstance(value, (list, tuple)) else [value])
+            kind = float if default and isinstance(default[0], float) else str
+            return tuple(kind(item) for item in items)
+        if not isinstance(value, str):
+            return value
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            return type(default)(value)
+        if name in OPTIONAL_FLOATS:
+            return None if value.lower() in ("", "none") else float(value)
+        return value
+    except ValueError:
+        raise InputError(f"bad value {value!r} for infinitetalk option {name}") from None
+
+
 def _pick(value, default):
     return default if value is None else value
 
@@ -144,9 +169,8 @@ def build_generator(**options) -> InfiniteTalkGenerator:
     unknown = sorted(set(options) - fields)
     if unknown:
         raise InputError(f"unknown infinitetalk options {', '.join(unknown)}: accepted are {', '.join(sorted(fields))}")
-    for key in ("lora", "lora_scale"):
-        if key in options and isinstance(options[key], (str, int, float)):
-            options[key] = (options[key],)
+    defaults = InfiniteTalkOptions(weights="")
+    options = {key: _coerce(key, value, getattr(defaults, key)) for key, value in options.items()}
     opts = InfiniteTalkOptions(**options)
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
