@@ -86,6 +86,9 @@ def test_generator_chunk_shapes_seed_and_tier(generator):
     out = generator.generate(later)
     assert out.frames.shape == (12, 64, 48, 3)
     assert out.info == {"steps": 1, "passes": 1, "shift": 7.0}
+    big = np.repeat(np.repeat(reference, 2, axis=0), 2, axis=1)  # 128 x 96
+    cheap = generator.generate(ChunkRequest(**{**first.__dict__, "reference_frame": big, "tier": Tier(steps=1, scale=0.5)}))
+    assert cheap.frames.shape == (17, 128, 96, 3) and cheap.info["render_size"] == (64, 64)
 
 
 def test_bad_options_are_input_errors(weights):

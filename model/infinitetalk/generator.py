@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.base import AudioMargins, ChunkRequest, ChunkResult
 from model.infinitetalk.acceleration import place_transformer
@@ -97,24 +98,36 @@ class InfiniteTalkGenerator:
             raise InputError(f"output size {width}x{height} is not a multiple of 16 (the VAE and the DiT patches need it)")
         if (request.num_frames - 1) % 4:
             raise InputError(f"chunk of {request.num_frames} frames: InfiniteTalk needs 4k+1 frames")
-        reference = _to_signed(request.reference_frame[None]).to(self.device)  # [1, H, W, 3]
+        size = _scaled_size(request.size, request.tier.scale)
+        reference = self._frames(request.reference_frame[None], size)  # [1, 3, 1, h, w]
         motion = None
         if request.context_frames is not None and len(request.context_frames):
-            motion = _to_signed(request.context_frames).permute(3, 0, 1, 2)[None]
+            motion = self._frames(request.context_frames, size)
         source = None
         if self.options.sdedit is not None and request.source_frames is not None:
-            source = _to_signed(request.source_frames).permute(3, 0, 1, 2)[None]
+            source = self._frames(request.source_frames, size)
         conditions = ChunkConditions(
-            reference=reference.permute(3, 0, 1, 2)[None], audio=self.audio_window(request),
-            prompt=self.prompt, negative_prompt=self.negative, motion_frames=motion,
-            color_reference=reference[0], color_strength=request.color_strength, source_frames=source)
+            reference=reference, audio=self.audio_window(request), prompt=self.prompt,
+            negative_prompt=self.negative, motion_frames=motion, color_reference=reference[0, :, 0].permute(1, 2, 0),
+            color_strength=request.color_strength, source_frames=source)
         settings = self.settings(request)
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        video = self.pipeline.generate(conditions, settings, generator)
-        new = video[request.num_context:]
-        frames = ((new + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()  # official truncation
+        video = self.pipeline.generate(conditions, settings, generator)[request.num_context:]
+        if size != request.size:  # a cheaper tier rendered smaller: back to the output size
+            video = F.interpolate(video.permute(0, 3, 1, 2), size=request.size, mode="bilinear",
+                                  align_corners=False).permute(0, 2, 3, 1)
+        frames = ((video + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()  # official truncation
         info = {"steps": settings.steps, "passes": len(settings.guidance.branches), "shift": settings.shift}
+        if size != request.size:
+            info["render_size"] = size
         return ChunkResult(frames, time.perf_counter() - started, info)
+
+    def _frames(self, frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 ``[N, H, W, 3]`` -> ``[1, 3, N, h, w]`` in [-1, 1] on the device, resized if ``size`` differs."""
+        video = _to_signed(frames).to(self.device).permute(0, 3, 1, 2)
+        if tuple(video.shape[-2:]) != size:
+            video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return video.permute(1, 0, 2, 3)[None]
 
     def close(self) -> None:
         self.pipeline = None
@@ -150,6 +163,13 @@ def _coerce(name: str, value, default):
 
 def _pick(value, default):
     return default if value is None else value
+
+
+def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Tier.scale: render at that fraction of the output size (multiples of 16, at least 64 px)."""
+    if scale >= 1.0:
+        return tuple(size)
+    return tuple(min(side, max(64, int(round(side * scale / 16)) * 16)) for side in size)
 
 
 def _whole_frames(seconds: float) -> float:
