@@ -203,9 +203,8 @@ def teacher_forced(pipeline: ChunkPipeline, fx: Fixture, trace: dict, stored: di
             motion = pipeline.motion_latents(previous)
         report.compare(f"{name}/motion_latent", motion[0], get("motion_latent"), STAGE)
 
-        embedding = torch.cat([fx.audio[0], pad_rows]) if pad_rows is not None and chunk["audio_emb_len_at_chunk"] > fx.audio[0].shape[0] else fx.audio[0]
-        window = embedding[get("audio_index")][None]
-        tokens, null_tokens = pipeline.audio_tokens(window)
+        last = 0 < k == len(trace["chunks"]) - 1
+        tokens, null_tokens = pipeline.audio_tokens(recorded_window(fx, chunk, stored, k, pad_rows, last))
         audio = {"cond": tokens, "null": null_tokens}
         stored_motion = get("motion_latent")[None]
         count = stored_motion.shape[2]
@@ -230,6 +229,20 @@ def teacher_forced(pipeline: ChunkPipeline, fx: Fixture, trace: dict, stored: di
         report.compare(f"{name}/decoded", decoded, get("decoded"), STAGE)
         corrected = match_colors(get("decoded")[0].permute(1, 2, 3, 0), color_reference, fx.color_strength)
         report.compare(f"{name}/color_corrected", corrected.permute(3, 0, 1, 2)[None], get("color_corrected"), STAGE)
+
+
+def recorded_window(fx: Fixture, chunk: dict, stored: dict, k: int, pad_rows, last: bool) -> torch.Tensor:
+    """``[persons, F, 5, layers, C]``: person 1 from the recorded index (and pad rows), the others as the
+    official loop gathers them (mirror-padded only in the chunk that reaches their end)."""
+    first = fx.audio[0]
+    if pad_rows is not None and chunk["audio_emb_len_at_chunk"] > first.shape[0]:
+        first = torch.cat([first, pad_rows])
+    windows = [first[stored[f"chunk{k}.audio_index"]]]
+    start, end = chunk["audio_start"], chunk["audio_start"] + fx.frame_num
+    for emb in fx.audio[1:]:
+        emb = pad_mirrored(emb, mirror_padding(end, emb.shape[0])) if last else emb
+        windows.append(emb[window_index(start, fx.frame_num, emb.shape[0])])
+    return torch.stack(windows)
 
 
 def _case(name: str, diff: float, tol: float, note: str):
