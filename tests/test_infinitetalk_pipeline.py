@@ -82,3 +82,21 @@ def test_fp8_layerwise_casting_runs_close_to_bf16():
     assert model.proj_out.weight.dtype == torch.bfloat16  # the head stays out of fp8
     relative = (fp8 - bf16).norm() / bf16.norm()
     assert 0 < relative < 0.2
+
+
+def test_teacache_skips_after_warmup_and_reuses_the_residual(pipeline, conditions):
+    calls = []
+    hook = pipeline.transformer.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        settings = SamplingSettings(steps=8, shift=7.0, teacache=1e9)  # never recompute after the warm-up
+        cached = pipeline.generate(conditions, settings, torch.Generator().manual_seed(4))
+        assert len(calls) == 5 * 3  # 5 warm-up steps x 3 passes, then the residuals are reused
+        calls.clear()
+        exact = pipeline.generate(conditions, SamplingSettings(steps=8, shift=7.0, teacache=-1e9),
+                                  torch.Generator().manual_seed(4))
+        assert len(calls) == 8 * 3
+        plain = pipeline.generate(conditions, SamplingSettings(steps=8, shift=7.0), torch.Generator().manual_seed(4))
+    finally:
+        hook.remove()
+    assert torch.equal(exact, plain)
+    assert (cached - plain).abs().max() > 1e-4

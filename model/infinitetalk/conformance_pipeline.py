@@ -22,6 +22,7 @@ from model.infinitetalk.loading import build_transformer
 from model.infinitetalk.person_masks import latent_person_masks
 from model.infinitetalk.pipeline import ChunkConditions, ChunkPipeline, SamplingSettings
 from model.infinitetalk.sampler import Guidance, Guider, euler_step, shifted_timesteps
+from model.infinitetalk.teacache import TeaCache
 from streaming.source import BUCKETS, resize_and_centercrop
 
 STAGE = 1e-4  # any DiT call / stage on recorded inputs; chunk 0 free-running
@@ -75,8 +76,6 @@ def bucket(config: dict, height: int, width: int) -> tuple[int, int]:
 def load_fixture(part_dir: Path) -> Fixture:
     config = read_json(part_dir / "config.json")
     call, extra = config["call_settings"], config.get("extra_args", {})
-    if extra.get("use_teacache"):
-        raise NotImplementedError("TeaCache runs are not supported by this implementation")
     frames = load_file(part_dir / "source_frames.safetensors")["frames"].numpy()
     persons = sorted(k for k in config.get("input_data", {}) if k.startswith("cond_audio_person"))
     audio = []
@@ -87,7 +86,10 @@ def load_fixture(part_dir: Path) -> Fixture:
     texts = load_file(part_dir / "t5_context.safetensors")
     guidance = Guidance(call["text_guide_scale"], call["audio_guide_scale"], bool(extra.get("use_apg", False)),
                         extra.get("apg_momentum", -0.75), extra.get("apg_norm_threshold", 55))
-    settings = SamplingSettings(steps=call["sampling_steps"], shift=call["shift"], guidance=guidance)
+    teacache = extra.get("teacache_thresh", 0.2) if extra.get("use_teacache") else None
+    resolution = 720 if "720" in str(extra.get("size", call.get("size_buckget", "480"))) else 480
+    settings = SamplingSettings(steps=call["sampling_steps"], shift=call["shift"], guidance=guidance,
+                                teacache=teacache, teacache_resolution=resolution)
     return Fixture(config, frames, bucket(config, *frames.shape[1:3]), audio, texts["prompt"], texts["neg_prompt"],
                    settings, call["frame_num"], call["motion_frame"], call.get("max_frames_num", 1000),
                    call.get("color_correction_strength", 0.0), call["seed"])
@@ -209,12 +211,15 @@ def teacher_forced(pipeline: ChunkPipeline, fx: Fixture, trace: dict, stored: di
         stored_motion = get("motion_latent")[None]
         count = stored_motion.shape[2]
         guider = Guider(fx.settings.guidance)
+        cache = None if fx.settings.teacache is None else TeaCache(fx.settings.teacache, fx.settings.teacache_resolution)
         call_diff, step_diff = 0.0, 0.0
         for step in range(fx.settings.steps):
             x_in = get(f"step{step}.x_in")[None]
             branches = tuple(b for b in ("cond", "drop_text", "uncond", "drop_audio") if f"chunk{k}.step{step}.{b}.out" in stored)
             outs = pipeline.predict(x_in, timesteps[step], branches, get("y"), get("clip_fea"), texts, audio,
-                                    get("ref_target_masks"))
+                                    get("ref_target_masks"), teacache=cache)
+            if cache is not None:
+                cache.next_step()
             for branch in branches:
                 call_diff = max(call_diff, (outs[branch] - get(f"step{step}.{branch}.out")).abs().max().item())
             recorded = {b: get(f"step{step}.{b}.out") for b in branches}

@@ -55,6 +55,7 @@ class InfiniteTalkOptions:
     compile: bool = False
     attention: str | None = None
     batch_cfg: bool = False
+    teacache: float | None = None  # TeaCache threshold (official: 0.2 when on); None: off
     audio_context: float = 8.0  # seconds of speech before the window the features see
     audio_lookahead: float = 1.0  # seconds after it (adds to live latency)
     color_correction: float = 1.0  # the official CLI default
@@ -82,7 +83,8 @@ class InfiniteTalkGenerator:
                             audio_scale=_pick(tier.audio_guidance, o.audio_guidance), apg=o.apg)
         return SamplingSettings(steps=_pick(tier.steps, o.steps), shift=_pick(tier.shift, default_shift),
                                 guidance=guidance, sdedit_strength=o.sdedit, replay_motion_noise=True,
-                                batch_branches=o.batch_cfg)
+                                batch_branches=o.batch_cfg, teacache=o.teacache,
+                                teacache_resolution=720 if area > LARGE_AREA else 480)
 
     def audio_window(self, request: ChunkRequest) -> torch.Tensor:
         """``[1, F, 5, layers, C]`` wav2vec2 windows for the request's frames."""
@@ -136,7 +138,7 @@ class InfiniteTalkGenerator:
             torch.cuda.empty_cache()
 
 
-OPTIONAL_FLOATS = ("shift", "sdedit")
+OPTIONAL_FLOATS = ("shift", "sdedit", "teacache")
 
 
 def _coerce(name: str, value, default):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from model.infinitetalk.clip import ClipImageEncoder
 from model.infinitetalk.color_transfer import match_colors
 from model.infinitetalk.sampler import Guidance, Guider, add_noise, euler_step, shifted_timesteps
+from model.infinitetalk.teacache import TeaCache
 from model.infinitetalk.transformer import InfiniteTalkTransformer3DModel
 from model.infinitetalk.vae import WanVae
 
@@ -42,6 +43,9 @@ class SamplingSettings:
     replay_motion_noise: bool = True
     # Run the guidance passes as one batch when their audio token counts match (faster on a GPU).
     batch_branches: bool = False
+    # TeaCache threshold (official default 0.2 when enabled) and its resolution setting (480 or 720).
+    teacache: float | None = None
+    teacache_resolution: int = 480
 
 
 @dataclasses.dataclass
@@ -106,7 +110,7 @@ class ChunkPipeline:
     @torch.no_grad()
     def predict(self, latent: torch.Tensor, t: torch.Tensor, branches: tuple[str, ...], y: torch.Tensor,
                 clip_tokens: torch.Tensor, texts: dict[str, torch.Tensor], audio: dict[str, torch.Tensor],
-                reference_masks: torch.Tensor | None, batch: bool = False) -> dict[str, torch.Tensor]:
+                reference_masks: torch.Tensor | None, batch: bool = False, teacache=None) -> dict[str, torch.Tensor]:
         """The DiT velocity for each guidance branch. ``texts``/``audio`` map 'cond'/'null' to the inputs."""
         plan = {"cond": ("cond", "cond"), "drop_text": ("null", "cond"), "uncond": ("null", "null"),
                 "drop_audio": ("cond", "null")}
@@ -120,10 +124,10 @@ class ChunkPipeline:
             size = len(names)
             out = self.transformer(latent.expand(size, -1, -1, -1, -1), timestep.expand(size), text,
                                    clip_tokens.expand(size, -1, -1), y.expand(size, -1, -1, -1, -1), tokens,
-                                   reference_masks)[0]
+                                   reference_masks, teacache=teacache, teacache_branch=names[0])[0]
             return list(out.float().split(1))
 
-        if not batch:
+        if not batch or teacache is not None:
             return {name: run((name,))[0] for name in branches}
         groups: dict[int, list[str]] = {}
         for name in branches:
@@ -169,6 +173,7 @@ class ChunkPipeline:
             start = int((timesteps[:-1] > settings.sdedit_strength * 1000 + 1e-3).sum().clamp(max=settings.steps - 1))
             latent = add_noise(self.vae.encode(inputs.source_frames.to(self.device)), noise, timesteps[start])
         guider = Guider(settings.guidance)
+        cache = None if settings.teacache is None else TeaCache(settings.teacache, settings.teacache_resolution)
         texts = {"cond": inputs.prompt, "null": inputs.negative_prompt}
         audio = {"cond": tokens, "null": null_tokens}
         motion_noise()
@@ -176,7 +181,9 @@ class ChunkPipeline:
             latent[:, :, :count] = motion
             record(f"step{step}.x_in", latent[0])
             out = self.predict(latent, timesteps[step], settings.guidance.branches, y, clip_tokens, texts, audio,
-                               masks, settings.batch_branches)
+                               masks, settings.batch_branches, cache)
+            if cache is not None:
+                cache.next_step()
             for name, value in out.items():
                 record(f"step{step}.{name}.out", value)
             latent = euler_step(latent, guider(out), timesteps[step], timesteps[step + 1])

@@ -172,7 +172,8 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_hidden_states_image: torch.Tensor, condition: torch.Tensor, audio_tokens: torch.Tensor,
-                reference_masks: torch.Tensor | None = None, return_dict: bool = False):
+                reference_masks: torch.Tensor | None = None, return_dict: bool = False,
+                teacache=None, teacache_branch: str = "cond"):
         """Velocity prediction ``[B, out, T, H, W]`` (float32).
 
         ``hidden_states``: noisy latents ``[B, 16, T, H, W]``; ``condition``: ``[B, 20, T, H, W]`` =
@@ -180,7 +181,8 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         ``encoder_hidden_states``: umT5 tokens ``[B, <=text_len, 4096]`` (zero-padded here);
         ``encoder_hidden_states_image``: CLIP ``[B, 257, 1280]``; ``audio_tokens``: from ``encode_audio``,
         ``[B or 1, T, persons*32, C_a]``; ``reference_masks``: ``[3, H, W]`` (person 1, person 2,
-        background) at latent resolution, used only with two persons.
+        background) at latent resolution, used only with two persons. ``teacache``: a ``TeaCache`` that may
+        skip the block stack for this call (``teacache_branch`` names the guidance branch).
         """
         dtype = self.patch_embedding.weight.dtype
         x = torch.cat([hidden_states, condition], dim=1).to(dtype)
@@ -213,8 +215,14 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
             token_masks = F.interpolate(reference_masks[None].float(), size=grid[1:], mode="nearest")[0]
             token_masks = (token_masks > 0).flatten(1).to(dtype)
 
-        for block in self.blocks:
-            x = block(x, context, timestep_proj, rotary_emb, audio_tokens, token_masks)
+        if teacache is not None and not teacache.should_compute(teacache_branch, timestep_proj):
+            x = x + teacache.residual(teacache_branch)
+        else:
+            start = x
+            for block in self.blocks:
+                x = block(x, context, timestep_proj, rotary_emb, audio_tokens, token_masks)
+            if teacache is not None:
+                teacache.store(teacache_branch, x - start)
 
         shift, scale = (self.scale_shift_table.float() + temb.unsqueeze(1)).chunk(2, dim=1)
         x = self.norm_out(x.float()) * (1 + scale) + shift
