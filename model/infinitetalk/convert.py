@@ -43,6 +43,12 @@ def convert_vae(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return convert_wan_vae_to_diffusers(official)
 
 
+def rename(name: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
 CLIP_RENAMES = [
     (r"^patch_embedding\.", "embeddings.patch_embedding."),
     (r"^pre_norm\.", "pre_layrnorm."),
@@ -82,9 +88,7 @@ def convert_clip_visual(official: dict[str, torch.Tensor], keep_layers: int) -> 
             for part, chunk in zip("qkv", value.chunk(3, dim=0)):
                 converted[f"encoder.layers.{qkv.group(1)}.self_attn.{part}_proj.{qkv.group(2)}"] = chunk
             continue
-        for pattern, replacement in CLIP_RENAMES:
-            name = re.sub(pattern, replacement, name)
-        converted[name] = value
+        converted[rename(name, CLIP_RENAMES)] = value
     return converted
 
 
@@ -106,10 +110,7 @@ def convert_umt5(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     The official gated FFN is ``fc1(x) * gelu(gate(x))``: gate -> ``wi_0``, fc1 -> ``wi_1``, fc2 -> ``wo``."""
     converted = {}
     for key in list(official):
-        name = key
-        for pattern, replacement in T5_RENAMES:
-            name = re.sub(pattern, replacement, name)
-        converted[name] = official.pop(key)
+        converted[rename(key, T5_RENAMES)] = official.pop(key)
     if "shared.weight" in converted:
         converted["encoder.embed_tokens.weight"] = converted["shared.weight"]
     return converted
