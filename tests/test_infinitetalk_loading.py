@@ -127,3 +127,17 @@ def test_lora_merge_official_semantics(tmp_path):
     save_file({"diffusion_model.blocks.9.self_attn.q.diff": diff}, tmp_path / "bad.safetensors")
     with pytest.raises(InputError, match="unknown parameters blocks.9.self_attn.q.weight"):
         merge_lora(model, tmp_path / "bad.safetensors")
+
+
+def test_command_line_option_values_are_typed():
+    from model.infinitetalk.generator import InfiniteTalkOptions, _coerce
+
+    defaults = InfiniteTalkOptions(weights="")
+    typed = {k: _coerce(k, v, getattr(defaults, k)) for k, v in {
+        "steps": "8", "fp8": "true", "offload": "no", "shift": "2", "sdedit": "none", "teacache": "0.2",
+        "lora": "a.safetensors,b.safetensors", "lora_scale": "1.0", "text_guidance": "1", "attention": "flash"}.items()}
+    assert typed == {"steps": 8, "fp8": True, "offload": False, "shift": 2.0, "sdedit": None, "teacache": 0.2,
+                     "lora": ("a.safetensors", "b.safetensors"), "lora_scale": (1.0,), "text_guidance": 1.0,
+                     "attention": "flash"}
+    with pytest.raises(InputError, match="option fp8"):
+        _coerce("fp8", "maybe", False)
