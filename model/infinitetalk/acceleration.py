@@ -23,7 +23,10 @@ def place_transformer(model, device: torch.device, fp8: bool = False, offload: b
         if attention not in ATTENTION_BACKENDS:
             raise InputError(f"bad attention backend {attention!r}: accepted are {', '.join(ATTENTION_BACKENDS)} "
                              "(hub backends would download kernels and are not offered)")
-        model.set_attention_backend(attention)
+        try:
+            model.set_attention_backend(attention)
+        except (ImportError, RuntimeError, ValueError) as exc:
+            raise InputError(f"attention backend {attention!r} is not usable here: {exc}") from None
     if fp8:
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     if offload and device.type == "cuda":
