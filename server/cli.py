@@ -47,10 +47,20 @@ def add_generator_options(parser: argparse.ArgumentParser, default: str | None =
     parser.add_argument("--generator", default=default, metavar="NAME", help=f"one of: {names} (default lite)")
     parser.add_argument("--weights", metavar="DIR", help="weights directory (infinitetalk; see README)")
     parser.add_argument("--device", default=None, help="torch device for model generators (default: cuda if present)")
+    parser.add_argument("--generator-option", dest="generator_option", action="append", default=[], type=_key_value,
+                        metavar="KEY=VALUE", help="a generator build option, repeatable (infinitetalk: steps=8, "
+                                                  "lora=FILE, fp8=true, ...; see README)")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"bad option {text!r}: accepted is KEY=VALUE, e.g. steps=8")
+    return key.strip(), value.strip()
 
 
 def generator_options(args: argparse.Namespace) -> dict:
-    options = {}
+    options = dict(getattr(args, "generator_option", None) or [])
     if getattr(args, "weights", None):
         options["weights"] = args.weights
     if getattr(args, "device", None):
@@ -124,7 +134,27 @@ def _add_client(commands) -> None:
     add_client(commands)
 
 
-SUBCOMMANDS = [_add_dub, _add_demo, _add_serve, _add_client]
+def _add_conformance(commands) -> None:
+    parser = commands.add_parser("conformance", help="check the InfiniteTalk implementation against fixture sets",
+                                 description="Run every InfiniteTalk conformance fixture set in DIR (a set with "
+                                             "dit/, encoders/, pipeline/, or a folder of sets); one line per case; "
+                                             "exit status 1 if any case exceeds its tolerance.")
+    parser.add_argument("folder", metavar="DIR")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.set_defaults(run=_run_conformance)
+
+
+def _run_conformance(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.infinitetalk.conformance import run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return 1 if run(args.folder).failures else 0
+
+
+SUBCOMMANDS = [_add_dub, _add_demo, _add_conformance, _add_serve, _add_client]
 
 
 def build_parser() -> argparse.ArgumentParser:

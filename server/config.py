@@ -191,7 +191,9 @@ def build_config(settings: dict) -> ServerConfig:
                          "(or --token, or LIVEDUB_TOKEN), or listen on 127.0.0.1")
     ice = s.get("ice_server", s.get("ice_servers", []))
     ice = [ice] if isinstance(ice, str) else list(ice)
-    options = {k: v for k, v in (("weights", s.get("weights")), ("device", s.get("device"))) if v}
+    options = dict(s.get("generator_options", {}))  # the file's [generator_options] table
+    options.update(dict(s.get("generator_option", [])))  # --generator-option KEY=VALUE
+    options.update({k: v for k, v in (("weights", s.get("weights")), ("device", s.get("device"))) if v})
     return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())),
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
                         ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s))
@@ -219,8 +221,8 @@ def _mqtt_config(s: dict) -> MqttConfig | None:
 
 
 KNOWN_KEYS = {
-    "host", "port", "sources", "generator", "weights", "device", "worker", "workers", "delay", "lead", "size",
-    "max_sessions", "max_viewers", "idle_timeout", "token", "token_file", "ice_server", "ice_servers",
+    "host", "port", "sources", "generator", "generator_option", "generator_options", "weights", "device",
+    "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "token", "token_file", "ice_server", "ice_servers",
     "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
     "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_stats_interval", "max_message_bytes",
     "max_sdp_bytes",

@@ -64,7 +64,7 @@ def settings_from(args: argparse.Namespace) -> dict:
     """File settings overridden by the options given on the command line."""
     settings = load_file(args.config) if args.config else {}
     for key, value in vars(args).items():
-        if key not in SKIPPED and value is not None:
+        if key not in SKIPPED and value is not None and value != []:
             settings[key] = value
     return settings
 

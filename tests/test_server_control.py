@@ -165,9 +165,12 @@ def test_config_file_command_line_and_host_rules(tmp_path):
     path.write_text(f'host = "127.0.0.1"\nport = 9000\nsources = "{folder}"\ndelay = 5.0\n'
                     'ice-servers = ["stun:stun.example.org:3478", "turn:me:pw@turn.example.org:3478"]\n'
                     '[mqtt]\nurl = "mqtt://127.0.0.1:1884"\nprefix = "studio/dub"\n')
+    path.write_text(path.read_text().replace("[mqtt]", '[generator_options]\nsteps = 8\nfp8 = true\n\n[mqtt]'))
     settings = load_file(str(path))
     settings["delay"] = 6.0  # the command line wins
+    settings["generator_option"] = [("steps", "4")]
     config = build_config(settings)
+    assert dict(config.generator_options) == {"steps": "4", "fp8": True}
     assert (config.port, config.delay, config.mqtt.port, config.mqtt.prefix) == (9000, 6.0, 1884, "studio/dub")
     assert config.ice_servers[1].username == "me" and config.ice_servers[1].url == "turn:turn.example.org:3478"
     with pytest.raises(InputError, match="refusing to listen on 0.0.0.0 without a token"):
