@@ -40,6 +40,7 @@ from server.sources import SourceLibrary, UnknownSource
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.session import SessionSettings
+from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.server")
 WEB_DIR = os.path.join(os.path.dirname(client.__file__), "web")
@@ -137,6 +138,8 @@ class LiveServer:
             return await handler(request)
         except InputError as exc:
             return _input_problem(exc)
+        except GeneratorFailed as exc:
+            return _problem(503, "generator_failed", str(exc))
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(os.path.join(WEB_DIR, "index.html"))

@@ -14,6 +14,7 @@ import math
 from server.manager import LimitReached, SessionManager, UnknownSession
 from server.sources import BadName, UnknownSource
 from streaming.errors import InputError
+from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.control")
 OPS = ("auth", "create", "swap_reference", "stats", "stop", "sessions", "sources", "subscribe", "unsubscribe",
@@ -89,6 +90,8 @@ class ControlChannel:
             return _error(request_id, op, exc.code, str(exc))
         except InputError as exc:
             return _error(request_id, op, ERROR_CODES.get(type(exc), "bad_request"), str(exc))
+        except GeneratorFailed as exc:  # the generator could not be built (e.g. no weights)
+            return _error(request_id, op, "generator_failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug answers this message only
             log.exception("control op %s failed", op)
             return _error(request_id, op, "internal", f"internal error ({type(exc).__name__})")

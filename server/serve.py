@@ -86,6 +86,8 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(config, demo_speech: str | None) -> int:
     from server.app import LiveServer
     from server.peers import offer_loopback_candidates
+    from streaming.errors import InputError
+    from streaming.workers import GeneratorFailed
 
     if config.ice_loopback:
         offer_loopback_candidates()
@@ -102,7 +104,10 @@ async def _serve(config, demo_speech: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        url = await server.start()
+        try:
+            url = await server.start()
+        except GeneratorFailed as exc:
+            raise InputError(str(exc)) from None
         sources = ", ".join(sorted(server.library.names())) or "none"
         generator = server.generator
         print(f"livedub serve: open {url}  (generator {generator}, delay {config.delay:g} s, sources: {sources})",
