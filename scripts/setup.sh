@@ -7,8 +7,8 @@ VENV="${LIVEDUB_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
 # Debian packages used at run or test time: espeak-ng (synthetic speech for tests), codec2-examples (real speech
-# for the demo), mosquitto (MQTT tests), chromium + chromium-driver (browser tests).
-APT_PACKAGES="espeak-ng codec2-examples mosquitto mosquitto-clients chromium chromium-driver"
+# for the demo), mosquitto (MQTT tests), chromium + chromium-driver (browser tests), openssl (MQTT TLS test).
+APT_PACKAGES="espeak-ng codec2-examples mosquitto mosquitto-clients chromium chromium-driver openssl"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

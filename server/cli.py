@@ -40,11 +40,11 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_generator_options(parser: argparse.ArgumentParser) -> None:
+def add_generator_options(parser: argparse.ArgumentParser, default: str | None = "lite") -> None:
     from model.registry import GENERATORS
 
     names = ", ".join(f"{n} ({d})" for n, (_, _, d) in GENERATORS.items())
-    parser.add_argument("--generator", default="lite", metavar="NAME", help=f"one of: {names}")
+    parser.add_argument("--generator", default=default, metavar="NAME", help=f"one of: {names} (default lite)")
     parser.add_argument("--weights", metavar="DIR", help="weights directory (infinitetalk; see README)")
     parser.add_argument("--device", default=None, help="torch device for model generators (default: cuda if present)")
     parser.add_argument("--generator-option", dest="generator_option", action="append", default=[], type=_key_value,
@@ -122,6 +122,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(commands) -> None:
+    from server.serve import add_serve
+
+    add_serve(commands)
+
+
+def _add_client(commands) -> None:
+    from client.live import add_client
+
+    add_client(commands)
+
+
 def _add_conformance(commands) -> None:
     parser = commands.add_parser("conformance", help="check the InfiniteTalk implementation against fixture sets",
                                  description="Run every InfiniteTalk conformance fixture set in DIR (a set with "
@@ -142,7 +154,7 @@ def _run_conformance(args: argparse.Namespace) -> int:
     return 1 if run(args.folder).failures else 0
 
 
-SUBCOMMANDS = [_add_dub, _add_demo, _add_conformance]
+SUBCOMMANDS = [_add_dub, _add_demo, _add_conformance, _add_serve, _add_client]
 
 
 def build_parser() -> argparse.ArgumentParser:

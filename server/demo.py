@@ -69,3 +69,15 @@ def prepare(folder: str) -> tuple[str, str]:
     if not os.path.exists(speech):
         make_demo_speech(speech)
     return source, speech
+
+
+def prepare_live(folder: str) -> tuple[str, str]:
+    """The demo sources for ``livedub serve --demo``: the clip (``astronaut``), the same portrait as a
+    still (``portrait``, far cheaper to animate live), and the speech (for the page's demo button)."""
+    from skimage import data
+
+    source, speech = prepare(folder)
+    still = os.path.join(folder, "portrait.png")
+    if not os.path.exists(still):
+        Image.fromarray(data.astronaut()).resize((512, 512), Image.BILINEAR).save(still)
+    return source, speech

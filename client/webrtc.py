@@ -1,0 +1,162 @@
+"""The Python client's WebRTC side: a speech file sent in real time over WHIP, the dub received over WHEP.
+
+The speech track paces itself by the wall clock (20 ms frames), like a live microphone. The receiver
+reads both tracks of a WHEP connection and hands every frame, with its arrival time, to a sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fractions import Fraction
+from typing import Callable
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+RATE = 48_000
+BLOCK = 960  # 20 ms
+
+
+def read_speech(path: str) -> np.ndarray:
+    """Any audio file, decoded to 48 kHz mono float32."""
+    with av.open(path) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        pieces = []
+        for frame in container.decode(audio=0):
+            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+
+
+class SpeechTrack(MediaStreamTrack):
+    """Samples sent as 20 ms frames at wall-clock pace, then silence (``end_with_silence``) or the end."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, end_with_silence: bool = True) -> None:
+        super().__init__()
+        self.samples = np.asarray(samples, np.float32)
+        self.end_with_silence = end_with_silence
+        self.started_at: float | None = None  # monotonic time frame 0 was handed to the sender
+        self._index = 0
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / RATE
+
+    @property
+    def finished(self) -> bool:
+        return self._index * BLOCK >= len(self.samples)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self.started_at + self._index * BLOCK / RATE - time.monotonic()))
+        start = self._index * BLOCK
+        if start >= len(self.samples) and not self.end_with_silence:
+            self.stop()
+            raise MediaStreamError
+        block = np.zeros(BLOCK, np.float32)
+        piece = self.samples[start : start + BLOCK]
+        block[: piece.size] = piece
+        frame = av.AudioFrame.from_ndarray((np.clip(block, -1, 1) * 32767).astype(np.int16)[None, :],
+                                           format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = start
+        frame.time_base = Fraction(1, RATE)
+        self._index += 1
+        return frame
+
+
+def peer_connection(ice_servers: list[str] | None = None) -> RTCPeerConnection:
+    return RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers or []]))
+
+
+async def _post_offer(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, token: str | None) -> str:
+    """POST the local offer; set the answer; the resource URL from ``Location``."""
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+        body = await response.text()
+        if response.status != 201:
+            raise RuntimeError(f"POST {url}: HTTP {response.status}: {body[:300]}")
+        location = str(response.url.join(aiohttp.client.URL(response.headers["Location"])))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return location
+
+
+class Publisher:
+    """A WHIP ingest: one speech track (and optionally a video track)."""
+
+    def __init__(self, http: aiohttp.ClientSession, token: str | None = None, ice_servers=None) -> None:
+        self.http, self.token = http, token
+        self.pc = peer_connection(ice_servers)
+        self.resource: str | None = None
+
+    async def publish(self, url: str, audio: MediaStreamTrack, video: MediaStreamTrack | None = None) -> str:
+        self.pc.addTransceiver(audio, direction="sendonly")
+        if video is not None:
+            self.pc.addTransceiver(video, direction="sendonly")
+        self.resource = await _post_offer(self.http, url, self.pc, self.token)
+        return self.resource
+
+    async def close(self, delete: bool = True) -> None:
+        if delete and self.resource:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            async with self.http.delete(self.resource, headers=headers) as response:
+                await response.read()
+        await self.pc.close()
+
+
+class Viewer:
+    """A WHEP viewer: every received frame goes to ``sink(kind, frame, arrival_monotonic)``."""
+
+    def __init__(self, http: aiohttp.ClientSession, sink: Callable, token: str | None = None,
+                 ice_servers=None) -> None:
+        self.http, self.token, self.sink = http, token, sink
+        self.pc = peer_connection(ice_servers)
+        self.resource: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.ended = asyncio.Event()
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.create_task(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.sink(track.kind, frame, time.monotonic())
+        except MediaStreamError:
+            self.ended.set()
+
+    async def watch(self, url: str, video: bool = True, audio: bool = True) -> str:
+        if video:
+            self.pc.addTransceiver("video", direction="recvonly")
+        if audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        self.resource = await _post_offer(self.http, url, self.pc, self.token)
+        return self.resource
+
+    async def close(self, delete: bool = True) -> None:
+        if delete and self.resource:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            try:
+                async with self.http.delete(self.resource, headers=headers) as response:
+                    await response.read()
+            except aiohttp.ClientError:
+                pass  # the server may have ended the session already
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,253 @@
+"""The HTTP side of ``livedub serve``: one port for the page, WHIP, WHEP, health, metrics and control.
+
+aiohttp serves all of it: POST/DELETE with bodies (WHIP/WHEP), static files and a websocket on one port,
+in the same event loop as aiortc (whose own examples use it).
+
+  GET  /                      the browser page (client/web)
+  GET  /healthz               {"status": "ok", ...} (no token needed)
+  GET  /demo/speech.wav       the demo speech, with ``serve --demo`` (for the page's "play demo speech")
+  GET  /metrics               Prometheus text
+  GET  /sources               {"sources": [names]}
+  POST /whip?source=NAME[&delay=S]   SDP offer -> 201, SDP answer, Location /whip/ID (new session)
+  POST /whip/ID               SDP offer -> 201: the ingest of a session made by the control op ``create``
+  DELETE /whip/ID             ends the session
+  POST /whep/ID               SDP offer -> 201, SDP answer, Location /whep/ID/VIEWER
+  DELETE /whep/ID/VIEWER      ends that viewer
+  GET  /control               the control websocket (JSON)
+With a token configured, everything but the page and /healthz needs ``Authorization: Bearer TOKEN``
+(the websocket also accepts ``{"op": "auth", "token": ...}`` as its first message, for browsers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+
+from aiohttp import WSMsgType, web
+
+import client
+from server.auth import authorized, same_token
+from server.config import ServerConfig
+from server.control import ERROR_CODES, ControlChannel
+from server.manager import LimitReached, SessionManager, UnknownSession
+from server.metrics import CONTENT_TYPE, render
+from server.mqtt import MqttBridge
+from server.peers import offered_media
+from server.sources import SourceLibrary, UnknownSource
+from streaming.chunker import ChunkPlan
+from streaming.errors import InputError
+from streaming.session import SessionSettings
+from streaming.workers import GeneratorFailed
+
+log = logging.getLogger("livedub.server")
+WEB_DIR = os.path.join(os.path.dirname(client.__file__), "web")
+WEBSOCKET_HARD_LIMIT = 1 << 20  # beyond this aiohttp closes the socket (1009); below it we answer
+EVENT_QUEUE = 256
+STATUS = {UnknownSession: 404, UnknownSource: 404, LimitReached: 503}
+
+
+def _problem(status: int, code: str, message: str, **headers) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+def _input_problem(exc: InputError) -> web.Response:
+    return _problem(STATUS.get(type(exc), 400), ERROR_CODES.get(type(exc), "bad_request"), str(exc))
+
+
+class LiveServer:
+    def __init__(self, config: ServerConfig, plan: ChunkPlan = ChunkPlan(),
+                 settings: SessionSettings | None = None, demo_speech: str | None = None) -> None:
+        self.config = config
+        self.demo_speech = demo_speech
+        self.library = SourceLibrary(config.sources)
+        self.manager = SessionManager(config, self.library, plan, settings)
+        self.mqtt = MqttBridge(config.mqtt, self.manager, self._mqtt_channel) if config.mqtt else None
+        self.app = self._build_app()
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+        self.generator: str | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> str:
+        """Check (or load) the default generator, start listening; the URL to open."""
+        self.generator = await self.manager.prepare()
+        self._runner = web.AppRunner(self.app, access_log=logging.getLogger("livedub.access"),
+                                     access_log_format='%a "%r" %s %b %Tfs', shutdown_timeout=2)
+        await self._runner.setup()
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise InputError(f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
+        await web.SockSite(self._runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        if self.mqtt is not None:
+            self.manager.listen(self.mqtt.on_event)
+            self.mqtt.start()
+        return self.url
+
+    async def stop(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.close()
+        await self.manager.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _mqtt_channel(self) -> ControlChannel:
+        return ControlChannel(self.manager, self.url or "", None, True, self.config.max_message_bytes,
+                              same_token)
+
+    # ---- routes -----------------------------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=max(self.config.max_sdp_bytes, self.config.max_message_bytes) + 1024,
+                              middlewares=[self._guard])
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", WEB_DIR, follow_symlinks=False)
+        app.router.add_get("/healthz", self._healthz)
+        if self.demo_speech:
+            app.router.add_get("/demo/speech.wav", lambda request: web.FileResponse(self.demo_speech))
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sources", self._sources)
+        app.router.add_post("/whip", self._whip_create)
+        app.router.add_post("/whip/{session}", self._whip_attach)
+        app.router.add_delete("/whip/{session}", self._whip_delete)
+        app.router.add_patch("/whip/{session}", self._no_trickle)
+        app.router.add_post("/whep/{session}", self._whep)
+        app.router.add_delete("/whep/{session}/{viewer}", self._whep_delete)
+        app.router.add_patch("/whep/{session}/{viewer}", self._no_trickle)
+        app.router.add_get("/control", self._control)
+        return app
+
+    OPEN_PATHS = ("/", "/healthz", "/control", "/demo/speech.wav")
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        """Bearer token on everything but the page and health (the websocket checks its own)."""
+        if request.path not in self.OPEN_PATHS and not request.path.startswith("/static/") and not authorized(
+                request.headers.get("Authorization"), self.config.token):
+            return _problem(401, "unauthorized", "missing or wrong bearer token",
+                            **{"WWW-Authenticate": 'Bearer realm="livedub"'})
+        try:
+            return await handler(request)
+        except InputError as exc:
+            return _input_problem(exc)
+        except GeneratorFailed as exc:
+            return _problem(503, "generator_failed", str(exc))
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(os.path.join(WEB_DIR, "index.html"))
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sessions": len(self.manager.sessions),
+                                  "max_sessions": self.config.max_sessions,
+                                  "mqtt": self.mqtt.state if self.mqtt else None})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = render(self.manager, lambda: self.mqtt.state if self.mqtt else None)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _sources(self, request: web.Request) -> web.Response:
+        return web.json_response({"sources": sorted(self.library.names())})
+
+    async def _read_sdp(self, request: web.Request) -> str:
+        if request.content_type != "application/sdp":
+            raise web.HTTPUnsupportedMediaType(text=f"Content-Type must be application/sdp, not "
+                                                    f"{request.content_type[:60]!r}")
+        if (request.content_length or 0) > self.config.max_sdp_bytes:
+            raise web.HTTPRequestEntityTooLarge(self.config.max_sdp_bytes, request.content_length)
+        body = await request.read()
+        if len(body) > self.config.max_sdp_bytes:
+            raise web.HTTPRequestEntityTooLarge(self.config.max_sdp_bytes, len(body))
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("bad SDP offer: not UTF-8 text") from None
+
+    @staticmethod
+    def _sdp_created(answer: str, location: str, **headers) -> web.Response:
+        return web.Response(status=201, text=answer, content_type="application/sdp",
+                            headers={"Location": location, **headers})
+
+    async def _whip_create(self, request: web.Request) -> web.Response:
+        offer = await self._read_sdp(request)
+        media = offered_media(offer)
+        delay = request.query.get("delay")
+        try:
+            delay = None if delay is None else float(delay)
+        except ValueError:
+            raise InputError(f"bad delay {delay[:20]!r}: accepted is a number of seconds") from None
+        live = media.get("video") in ("sendonly", "sendrecv")
+        source = request.query.get("source")
+        if source is None and not live:
+            raise InputError("no source: give ?source=NAME (one of /sources), or offer a video track")
+        session = await self.manager.create(source, request.query.get("generator"), delay, live_video=live)
+        try:
+            answer = await self.manager.attach_ingest(session.id, offer)
+        except BaseException:
+            await self.manager.stop(session.id, "ingest_failed")
+            raise
+        return self._sdp_created(answer, f"/whip/{session.id}", **{"X-Livedub-Session": session.id,
+                                                                    "Link": f'</whep/{session.id}>; rel="whep"'})
+
+    async def _whip_attach(self, request: web.Request) -> web.Response:
+        offer = await self._read_sdp(request)
+        session_id = request.match_info["session"]
+        answer = await self.manager.attach_ingest(session_id, offer)
+        return self._sdp_created(answer, f"/whip/{session_id}", **{"X-Livedub-Session": session_id})
+
+    async def _whip_delete(self, request: web.Request) -> web.Response:
+        await self.manager.stop(request.match_info["session"], "ingest_deleted")
+        return web.Response(status=200)
+
+    async def _whep(self, request: web.Request) -> web.Response:
+        offer = await self._read_sdp(request)
+        session_id = request.match_info["session"]
+        viewer_id, answer = await self.manager.add_viewer(session_id, offer)
+        return self._sdp_created(answer, f"/whep/{session_id}/{viewer_id}")
+
+    async def _whep_delete(self, request: web.Request) -> web.Response:
+        await self.manager.remove_viewer(request.match_info["session"], request.match_info["viewer"])
+        return web.Response(status=200)
+
+    async def _no_trickle(self, request: web.Request) -> web.Response:
+        return web.Response(status=405, text="trickle ICE and ICE restarts are not supported",
+                            headers={"Allow": "POST, DELETE"})
+
+    # ---- the control websocket ----------------------------------------------------------------------------
+    async def _control(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=WEBSOCKET_HARD_LIMIT, heartbeat=30)
+        await ws.prepare(request)
+        channel = ControlChannel(self.manager, f"{request.scheme}://{request.host}", self.config.token,
+                                 authorized(request.headers.get("Authorization"), self.config.token)
+                                 if request.headers.get("Authorization") else False,
+                                 self.config.max_message_bytes, same_token)
+        outbox: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE)
+
+        def on_event(event: dict) -> None:
+            if channel.wants(event) and not outbox.full():
+                outbox.put_nowait(event)  # a slow client loses events, never replies or other sessions
+
+        async def send() -> None:
+            while True:
+                await ws.send_str(json.dumps(await outbox.get()))
+
+        unlisten = self.manager.listen(on_event)
+        sender = asyncio.create_task(send())
+        try:
+            async for message in ws:
+                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await outbox.put(await channel.handle(message.data))
+                elif message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            unlisten()
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        return ws

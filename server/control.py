@@ -1,0 +1,162 @@
+"""The control protocol: JSON messages with an ``op``, the same over the websocket and MQTT.
+
+Every request may carry an ``id``; its reply (``type: "reply"``) or error (``type: "error"``, with a
+``code`` and a one-line ``message``) carries it back. A bad message only ever produces an error reply:
+the connection, and every session, carry on. Events are pushed as ``type: "event"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from server.manager import LimitReached, SessionManager, UnknownSession
+from server.sources import BadName, UnknownSource
+from streaming.errors import InputError
+from streaming.workers import GeneratorFailed
+
+log = logging.getLogger("livedub.control")
+OPS = ("auth", "create", "swap_reference", "stats", "stop", "sessions", "sources", "subscribe", "unsubscribe",
+       "ping")
+ERROR_CODES = {UnknownSource: "unknown_source", BadName: "bad_name", UnknownSession: "unknown_session",
+               LimitReached: "limit_reached"}
+
+
+class ControlError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _field(message: dict, name: str, kinds: tuple, required: bool = True, default=None):
+    if name not in message or message[name] is None:
+        if required:
+            raise ControlError("bad_request", f"{message.get('op')}: missing field {name!r}")
+        return default
+    value = message[name]
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        names = "/".join("number" if k in (int, float) else k.__name__ for k in kinds)
+        raise ControlError("bad_request", f"{message.get('op')}: field {name!r} must be a {names}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ControlError("bad_request", f"{message.get('op')}: field {name!r} must be finite")
+    return value
+
+
+class ControlChannel:
+    """One client's conversation with the server: its authorisation and its event subscriptions."""
+
+    def __init__(self, manager: SessionManager, base_url: str, token: str | None, authorized: bool,
+                 max_bytes: int, compare_token) -> None:
+        self.manager = manager
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.authorized = authorized or token is None
+        self.max_bytes = max_bytes
+        self._compare = compare_token
+        self.subscriptions: set[str] = set()
+
+    def wants(self, event: dict) -> bool:
+        """Events of the sessions this client made or subscribed to, and server-wide events (e.g. MQTT)."""
+        session = event.get("session")
+        return self.authorized and (session is None or "*" in self.subscriptions or session in self.subscriptions)
+
+    async def handle(self, raw: str | bytes) -> dict:
+        """The reply to one raw message (never raises)."""
+        request_id, op = None, None
+        try:
+            if len(raw) > self.max_bytes:
+                raise ControlError("too_large", f"message of {len(raw)} bytes: accepted are at most "
+                                                f"{self.max_bytes}")
+            try:
+                message = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ControlError("bad_json", f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                                               "send one JSON object per message") from None
+            if not isinstance(message, dict):
+                raise ControlError("bad_message", "a message is a JSON object with an 'op'")
+            request_id = message.get("id")
+            if request_id is not None and not (isinstance(request_id, (str, int)) and len(str(request_id)) <= 64):
+                request_id = None
+                raise ControlError("bad_request", "'id' must be a string or a whole number (at most 64 chars)")
+            op = message.get("op")
+            if op not in OPS:
+                raise ControlError("unknown_op", f"unknown op {str(op)[:40]!r}: accepted are {', '.join(OPS)}")
+            if not self.authorized and op != "auth":
+                raise ControlError("unauthorized", "authenticate first: {\"op\": \"auth\", \"token\": ...}")
+            result = await getattr(self, f"_op_{op}")(message)
+            return {"type": "reply", "id": request_id, "op": op, **result}
+        except ControlError as exc:
+            return _error(request_id, op, exc.code, str(exc))
+        except InputError as exc:
+            return _error(request_id, op, ERROR_CODES.get(type(exc), "bad_request"), str(exc))
+        except GeneratorFailed as exc:  # the generator could not be built (e.g. no weights)
+            return _error(request_id, op, "generator_failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug answers this message only
+            log.exception("control op %s failed", op)
+            return _error(request_id, op, "internal", f"internal error ({type(exc).__name__})")
+
+    async def _op_auth(self, message: dict) -> dict:
+        token = _field(message, "token", (str,))
+        if self._token is not None and not self._compare(token, self._token):
+            raise ControlError("unauthorized", "wrong token")
+        self.authorized = True
+        return {}
+
+    async def _op_ping(self, message: dict) -> dict:
+        return {}
+
+    def urls(self, session_id: str) -> dict:
+        return {"whip": f"{self.base_url}/whip/{session_id}", "whep": f"{self.base_url}/whep/{session_id}"}
+
+    async def _op_create(self, message: dict) -> dict:
+        source = _field(message, "source", (str,), required=not message.get("live_video"))
+        generator = _field(message, "generator", (str,), required=False)
+        delay = _field(message, "delay", (int, float), required=False)
+        live = _field(message, "live_video", (bool,), required=False, default=False)
+        session = await self.manager.create(source, generator, delay, live_video=live)
+        self.subscriptions.add(session.id)
+        return {"session": session.id, **self.urls(session.id), "delay": session.clock.delay,
+                "generator": session.profile.name, "source": session.source_name}
+
+    async def _op_swap_reference(self, message: dict) -> dict:
+        session_id = _field(message, "session", (str,))
+        source = _field(message, "source", (str,))
+        mode = _field(message, "mode", (str,), required=False, default="cut")
+        where = await self.manager.swap(session_id, source, mode)
+        return {"session": session_id, "source": source, "mode": mode, **where}
+
+    async def _op_stats(self, message: dict) -> dict:
+        session_id = _field(message, "session", (str,), required=False)
+        if session_id is None:
+            return {"sessions": [s.stats() for s in self.manager.sessions.values()]}
+        return {"stats": self.manager.get(session_id).stats()}
+
+    async def _op_stop(self, message: dict) -> dict:
+        session_id = _field(message, "session", (str,))
+        await self.manager.stop(session_id)
+        return {"session": session_id}
+
+    async def _op_sessions(self, message: dict) -> dict:
+        return {"sessions": [{"session": sid, "source": s.source_name, "generator": s.profile.name,
+                              "state": s.state, **self.urls(sid)} for sid, s in self.manager.sessions.items()]}
+
+    async def _op_sources(self, message: dict) -> dict:
+        return {"sources": sorted(self.manager.library.names())}
+
+    async def _op_subscribe(self, message: dict) -> dict:
+        session_id = _field(message, "session", (str,))
+        if session_id != "*":
+            self.manager.get(session_id)
+        self.subscriptions.add(session_id)
+        return {"session": session_id}
+
+    async def _op_unsubscribe(self, message: dict) -> dict:
+        session_id = _field(message, "session", (str,))
+        self.subscriptions.discard(session_id)
+        return {"session": session_id}
+
+
+def _error(request_id, op, code: str, message: str) -> dict:
+    return {"type": "error", "id": request_id, "op": op if isinstance(op, str) and op in OPS else None,
+            "code": code, "message": message}

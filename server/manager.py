@@ -1,0 +1,290 @@
+"""The server's sessions: creation within limits, their peers, generator pools, and event fan-out.
+
+Generator pools are shared by every session of one generator (a GPU model is loaded once) and built on
+first use. Events from sessions go to every listener (control connections, MQTT) through callbacks that
+must not block; a session that ends by itself (ingest gone, idle, failure) is cleaned up here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from typing import Callable
+
+from model.base import Tier
+from server.config import ServerConfig
+from server.peers import Peer, open_ingest, open_viewer
+from server.sources import SourceLibrary
+from streaming.chunker import ChunkPlan
+from streaming.errors import InputError
+from streaming.livesource import LiveVideoSource
+from streaming.scheduler import DEFAULT_TIERS
+from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
+from streaming.source import VideoSource
+from streaming.workers import CpuSlots, GeneratorPool, GeneratorSpec
+
+log = logging.getLogger("livedub.manager")
+GPU_GENERATORS = ("infinitetalk",)
+# Generators cheap enough to run in a thread of the server: the rest get a process (the GIL would
+# otherwise serialise them with the WebRTC work of every session).
+IN_PROCESS_GENERATORS = ("passthrough",)
+# Tier ladders for generators that do not declare their own: the diffusion model has steps to cut; the
+# others have one cost, and their only cheaper rung is the fallback (or skipping the chunk).
+TIERS = {"infinitetalk": DEFAULT_TIERS}
+FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in a process of the session's own
+
+
+class UnknownSession(InputError):
+    pass
+
+
+class LimitReached(InputError):
+    pass
+
+
+@dataclasses.dataclass
+class _Entry:
+    session: LiveSession
+    ingest: Peer | None = None
+    viewers: dict[str, Peer] = dataclasses.field(default_factory=dict)
+    watcher: asyncio.Task | None = None
+    own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
+
+
+class SessionManager:
+    def __init__(self, config: ServerConfig, library: SourceLibrary, plan: ChunkPlan = ChunkPlan(),
+                 settings: SessionSettings | None = None) -> None:
+        self.config = config
+        self.library = library
+        self.plan = plan
+        self.settings = settings or SessionSettings(delay=config.delay, lead=config.lead,
+                                                    idle_timeout=config.idle_timeout)
+        self._entries: dict[str, _Entry] = {}
+        self._pools: dict[str, GeneratorPool] = {}
+        self._pool_lock = asyncio.Lock()
+        self._listeners: list[Callable[[dict], None]] = []
+        self._creating = 0
+        self.started = time.time()
+        # CPU generators of all sessions share the cores left after the WebRTC work (one core's worth).
+        self.cpu_slots = CpuSlots(max(1, (os.cpu_count() or 2) - 1))
+        # A worker process of the default generator started ahead, so that creating a session does not
+        # wait for a process to start and import its libraries (seconds).
+        self._spare: tuple[asyncio.Task, GeneratorPool] | None = None
+
+    # ---- events -----------------------------------------------------------------------------------------
+    def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def emit(self, event: dict) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - one broken listener must not silence the others
+                log.exception("event listener failed")
+
+    # ---- generators ---------------------------------------------------------------------------------------
+    def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
+        spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
+        mode = self.config.worker if self.config.worker != "auto" else (
+            "thread" if spec.name in IN_PROCESS_GENERATORS else "process")
+        return spec, mode
+
+    async def pool(self, name: str | None = None) -> GeneratorPool:
+        """The shared pool of generator ``name`` (process workers: one model load serves every session)."""
+        spec, mode = self._spec(name)
+        async with self._pool_lock:
+            if spec.name not in self._pools:
+                workers = self.config.workers or 1
+                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions)
+                await pool.start()
+                log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
+                self._pools[spec.name] = pool
+            return self._pools[spec.name]
+
+    async def prepare(self) -> str:
+        """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
+        spec, mode = self._spec(None)
+        if spec.name in GPU_GENERATORS:
+            await self.pool()
+        else:
+            self._start_spare(spec, mode)
+        return spec.name
+
+    def _start_spare(self, spec: GeneratorSpec, mode: str) -> None:
+        pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
+        self._spare = (asyncio.create_task(pool.start(), name=f"spare-{spec.name}"), pool)
+
+    async def _session_pool(self, spec: GeneratorSpec, mode: str) -> GeneratorPool:
+        """A started pool of a session's own: the spare when it is of this generator (and a new spare
+        starts), else a new one."""
+        default = self._spec(None)
+        if self._spare is not None and (spec, mode) == default:
+            (task, pool), self._spare = self._spare, None
+            try:
+                await task
+            except Exception:  # noqa: BLE001 - a spare that failed to start is replaced below
+                log.exception("spare %s worker failed to start", spec.name)
+                await pool.close()
+            else:
+                self._start_spare(spec, mode)
+                return pool
+        pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
+        await pool.start()
+        if self._spare is None and (spec, mode) == default:
+            self._start_spare(spec, mode)
+        return pool
+
+    async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
+        """The session's generator pool and fallback pool, and those it owns. CPU generators get an
+        instance per session (they may keep per-stream state, e.g. face tracking), in a thread or a
+        process of the session's own; GPU generators are shared (one model load)."""
+        spec, mode = self._spec(name)
+        owned: list[GeneratorPool] = []
+        try:
+            if spec.name in GPU_GENERATORS:
+                pool = await self.pool(name)
+            else:
+                pool = await self._session_pool(spec, mode)
+                owned.append(pool)
+            fallback = None
+            if spec.name in GPU_GENERATORS:
+                fallback_spec = GeneratorSpec.from_registry(FALLBACK_GENERATOR, fallback=None)
+                fallback = GeneratorPool(fallback_spec, workers=1, mode="process", queue_limit=2,
+                                         cpu_slots=self.cpu_slots)
+                owned.append(fallback)
+                await fallback.start()
+        except BaseException:
+            await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
+            raise
+        return pool, fallback, owned
+
+    # ---- sessions -----------------------------------------------------------------------------------------
+    @property
+    def sessions(self) -> dict[str, LiveSession]:
+        return {sid: entry.session for sid, entry in self._entries.items()}
+
+    def get(self, session_id) -> LiveSession:
+        return self._entry(session_id).session
+
+    def _entry(self, session_id) -> _Entry:
+        entry = self._entries.get(session_id) if isinstance(session_id, str) else None
+        if entry is None:
+            raise UnknownSession(f"unknown session {str(session_id)[:40]!r}")
+        return entry
+
+    async def create(self, source: str | None, generator: str | None = None, delay: float | None = None,
+                     live_video: bool = False) -> LiveSession:
+        """A new session on library source ``source`` (or on live video from its WHIP ingest)."""
+        if len(self._entries) + self._creating >= self.config.max_sessions:
+            raise LimitReached(f"session limit reached ({self.config.max_sessions}); stop one first")
+        self._creating += 1
+        owned: list[GeneratorPool] = []
+        try:
+            path = None if live_video and source is None else self.library.path(source)
+            spec, _ = self._spec(generator)  # an unknown name fails here, before anything is built
+            pool, fallback, owned = await self._session_pools(generator)
+            margins = widest_margins(*(p.profile for p in (pool, fallback) if p is not None))
+            delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
+                                self.settings)
+            tiers = pool.profile.tiers or TIERS.get(pool.profile.name, (Tier("full"),))
+            settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers)
+            if path is None or live_video:
+                media, name = LiveVideoSource(self.config.size), "live"
+            else:
+                media = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: VideoSource(path, self.config.size, "loop", settings.keyframe_interval))
+                name = source
+            session_id = secrets.token_hex(8)
+            session = LiveSession(session_id, media, name, pool, settings, self.emit, plan=self.plan,
+                                  fallback_pool=fallback)
+            await session.start()
+        except BaseException:
+            await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
+            raise
+        finally:
+            self._creating -= 1
+        entry = _Entry(session, own_pools=owned)
+        self._entries[session_id] = entry
+        entry.watcher = asyncio.create_task(self._reap(entry), name=f"reap-{session_id}")
+        log.info("session %s created (source %s, generator %s, delay %.2f s)", session_id, name,
+                 pool.profile.name, delay)
+        self.emit({"type": "event", "event": "created", "session": session_id, "source": name,
+                   "generator": pool.profile.name, "delay": delay})
+        return session
+
+    async def load_source(self, name: str):
+        path = self.library.path(name)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: VideoSource(path, self.config.size, "loop", self.settings.keyframe_interval))
+
+    async def attach_ingest(self, session_id: str, offer: str) -> str:
+        """Answer a WHIP offer for an existing session (one ingest per session)."""
+        entry = self._entry(session_id)
+        if entry.ingest is not None:
+            raise LimitReached(f"session {session_id} already has its ingest")
+        session = entry.session
+        peer, answer = await open_ingest(session, offer, self.config.ice_servers, session.end_ingest)
+        if entry.ingest is not None or session.state == "ended":
+            await peer.close()
+            raise LimitReached(f"session {session_id} already has its ingest")
+        entry.ingest = peer
+        return answer
+
+    async def add_viewer(self, session_id: str, offer: str) -> tuple[str, str]:
+        entry = self._entry(session_id)
+        if len(entry.viewers) >= self.config.max_viewers:
+            raise LimitReached(f"viewer limit reached for session {session_id} ({self.config.max_viewers})")
+        viewer_id = secrets.token_hex(6)
+        peer, answer = await open_viewer(entry.session, viewer_id, offer, self.config.ice_servers,
+                                         lambda: asyncio.ensure_future(self.remove_viewer(session_id, viewer_id)))
+        if session_id not in self._entries:
+            await peer.close()
+            raise UnknownSession(f"session {session_id} has ended")
+        entry.viewers[viewer_id] = peer
+        return viewer_id, answer
+
+    async def remove_viewer(self, session_id: str, viewer_id: str) -> None:
+        entry = self._entry(session_id)
+        peer = entry.viewers.pop(viewer_id, None)
+        if peer is None:
+            raise UnknownSession(f"unknown viewer {str(viewer_id)[:40]!r} of session {session_id}")
+        entry.session.viewers.pop(viewer_id, None)
+        await peer.close()
+
+    async def stop(self, session_id: str, reason: str = "stopped") -> None:
+        entry = self._entry(session_id)
+        await entry.session.stop(reason)
+        if entry.watcher is not None:
+            await asyncio.gather(entry.watcher, return_exceptions=True)
+
+    async def _reap(self, entry: _Entry) -> None:
+        """When the session ends (for whatever reason), close its peers and forget it."""
+        await entry.session.finished.wait()
+        peers = ([entry.ingest] if entry.ingest else []) + list(entry.viewers.values())
+        await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
+                             return_exceptions=True)
+        self._entries.pop(entry.session.id, None)
+        log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
+
+    async def swap(self, session_id: str, source: str, mode: str = "cut") -> dict:
+        session = self.get(session_id)
+        if mode not in SWAP_MODES:
+            raise InputError(f"bad swap mode {str(mode)[:20]!r}: accepted are {', '.join(SWAP_MODES)}")
+        media = await self.load_source(source)
+        return session.swap_reference(source, media, mode)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(sid, "server_stopped") for sid in list(self._entries)),
+                             return_exceptions=True)
+        if self._spare is not None:
+            (task, pool), self._spare = self._spare, None
+            await asyncio.gather(task, return_exceptions=True)
+            await pool.close()
+        await asyncio.gather(*(p.close() for p in self._pools.values()), return_exceptions=True)
+        self._pools.clear()
+

@@ -1,0 +1,88 @@
+"""The latency budget per chunk: which tier a chunk can afford, from the measured cost of recent chunks.
+
+Each chunk has a deadline (its first new frame's playout time minus a margin). Before submitting a
+chunk, the scheduler compares the time left with the estimated cost of each tier, best first, and picks
+the first that fits (the cheapest is still tried when only the safety margin is missing). When none
+fits, the chunk is skipped: its slot plays the fallback frames and the generator's time goes to the
+next chunk. This is backpressure on the generator's input, at chunk level:
+playing late chunks late would grow the delay without bound, dropping them at playout would not help
+throughput (spec/realtime.md).
+
+Costs are measured from submission to result, queueing included, and smoothed per tier. A tier's
+estimate is only refreshed when it runs, so estimates of better tiers not run lately shrink a little
+each chunk: the scheduler tries them again once the load has gone, instead of staying degraded forever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from model.base import Tier
+
+# The default ladder, best first. Generators read the knobs they understand (``steps`` for diffusion
+# models, ``scale`` for resolution) and ignore the rest; the measured costs tell whether a tier pays.
+DEFAULT_TIERS: tuple[Tier, ...] = (
+    Tier("full"),
+    Tier("fast", steps=4, scale=0.75),
+    Tier("draft", steps=2, scale=0.5),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    tier: Tier | None  # None: skip the chunk (its slot plays the fallback)
+    level: int  # index in the ladder; len(ladder) for a skip
+    time_left: float
+    estimate: float | None  # the chosen tier's estimated cost, when known
+
+    @property
+    def skipped(self) -> bool:
+        return self.tier is None
+
+    @property
+    def degraded(self) -> bool:
+        return self.level > 0
+
+
+class Scheduler:
+    def __init__(self, tiers: Sequence[Tier] = DEFAULT_TIERS, safety: float = 1.2, smoothing: float = 0.5,
+                 recovery: float = 0.9) -> None:
+        if not tiers:
+            raise ValueError("the tier ladder is empty")
+        self.tiers = tuple(tiers)
+        self.safety = safety  # estimates are multiplied by this before comparing with the time left
+        self.smoothing = smoothing  # weight of the newest measurement
+        self.recovery = recovery  # per-chunk shrink of estimates of better tiers not run
+        self._estimate: dict[str, float] = {}
+
+    def estimate(self, tier: Tier) -> float | None:
+        return self._estimate.get(tier.name)
+
+    def choose(self, time_left: float) -> Decision:
+        """The best tier whose estimated cost (with the safety factor) fits in ``time_left`` seconds;
+        unknown costs are tried. When none fits with the margin but the cheapest fits without it, that
+        one is tried anyway: a miss costs no more than a skip (the slot plays its fallback either way)."""
+        if time_left > 0:
+            for level, tier in enumerate(self.tiers):
+                cost = self._estimate.get(tier.name)
+                if cost is None or cost * self.safety <= time_left:
+                    self._relax(level)
+                    return Decision(tier, level, time_left, cost)
+            level, tier = len(self.tiers) - 1, self.tiers[-1]
+            if self._estimate[tier.name] <= time_left:
+                self._relax(level)
+                return Decision(tier, level, time_left, self._estimate[tier.name])
+        self._relax(len(self.tiers))  # skipping idles the generator: its estimates may be stale
+        return Decision(None, len(self.tiers), time_left, None)
+
+    def _relax(self, chosen: int) -> None:
+        for tier in self.tiers[:chosen]:
+            if tier.name in self._estimate:
+                self._estimate[tier.name] *= self.recovery
+
+    def record(self, tier: Tier, seconds: float) -> None:
+        """A chunk at ``tier`` took ``seconds`` from submission to result."""
+        old = self._estimate.get(tier.name)
+        self._estimate[tier.name] = seconds if old is None else (
+            self.smoothing * seconds + (1 - self.smoothing) * old)

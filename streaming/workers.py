@@ -1,0 +1,449 @@
+"""Generators run off the event loop: a pool of workers, each with its own generator instance.
+
+``Generator.generate`` blocks for a whole chunk, so it never runs on the event loop that paces the
+WebRTC tracks. A thread worker runs it in a thread of its own (CPU generators that release the GIL in
+their numeric code); a process worker runs it in a child process (GPU generators: a crash, a CUDA error
+or a leak stays there, and heavy imports stay out of the server). A pool serves chunk requests from any
+number of sessions earliest deadline first, through a bounded queue; a request whose deadline passed
+while it waited is not run at all. A worker process that dies fails its chunk with ``WorkerDied`` and is
+restarted (with backoff) before it takes the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import heapq
+import importlib
+import importlib.util
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+
+from model.base import AudioMargins, ChunkRequest, ChunkResult
+from model.registry import GENERATORS
+from streaming.errors import InputError
+from streaming.sharedframes import AttachedSegments, SharedSegment
+
+log = logging.getLogger("livedub.workers")
+WORKER_MODES = ("thread", "process")
+START_TIMEOUT = 600.0  # seconds a worker may take to build its generator (model weights load slowly)
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+POLL_SECONDS = 0.1
+WORKER_NICENESS = 10
+
+
+class GeneratorFailed(RuntimeError):
+    """The generator raised on a chunk (the message names the exception)."""
+
+
+class WorkerDied(GeneratorFailed):
+    """The worker process running the generator died."""
+
+
+class PoolBusy(RuntimeError):
+    """The pool's queue is full: the chunk is not accepted."""
+
+
+class Expired(RuntimeError):
+    """The chunk's deadline passed while it waited in the queue."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+    """Which generator to build, resolved from the registry: a module's factory and its options."""
+
+    name: str
+    module: str
+    factory: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def from_registry(cls, name: str, options: dict | None = None, fallback: str | None = "passthrough",
+                      registry: dict | None = None) -> "GeneratorSpec":
+        """The spec of generator ``name``; when its module is not installed and ``fallback`` is given,
+        the fallback's spec (the caller warns)."""
+        registry = GENERATORS if registry is None else registry
+        if name not in registry:
+            raise InputError(f"unknown generator {name!r}: accepted are {', '.join(registry)}")
+        module, factory, _ = registry[name]
+        if importlib.util.find_spec(module) is None:
+            if fallback is None or fallback == name:
+                raise InputError(f"generator {name!r} is not installed (module {module} missing)")
+            log.warning("generator %r is not installed (module %s missing): using %r", name, module, fallback)
+            return cls.from_registry(fallback, None, None, registry)
+        return cls(name, module, factory, tuple(sorted((options or {}).items())))
+
+    def build(self):
+        return getattr(importlib.import_module(self.module), self.factory)(**dict(self.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorProfile:
+    """What the chunk engine needs to know about a generator, without the generator itself."""
+
+    name: str
+    audio_margins: AudioMargins
+    default_color_correction: float
+    applies_color_correction: bool
+    tiers: tuple | None = None  # the generator's own tier ladder, when it declares one
+
+    @classmethod
+    def of(cls, generator) -> "GeneratorProfile":
+        tiers = getattr(generator, "tiers", None)
+        return cls(getattr(generator, "name", type(generator).__name__),
+                   getattr(generator, "audio_margins", AudioMargins()),
+                   float(getattr(generator, "default_color_correction", 0.0)),
+                   bool(getattr(generator, "applies_color_correction", False)),
+                   tuple(tiers) if tiers else None)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+class ThreadWorker:
+    """One generator instance, built and run in one thread of its own."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        self.spec = spec
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}")
+        self._generator = None  # touched only inside the executor's thread
+
+    def _build(self) -> GeneratorProfile:
+        self._generator = self.spec.build()
+        return GeneratorProfile.of(self._generator)
+
+    def _generate(self, request: ChunkRequest) -> ChunkResult:
+        try:
+            return self._generator.generate(request)
+        except Exception as exc:  # noqa: BLE001 - any generator bug fails this chunk only
+            raise GeneratorFailed(_describe(exc)) from exc
+
+    def _close(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None
+
+    async def start(self) -> GeneratorProfile:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._build)
+
+    async def generate(self, request: ChunkRequest) -> ChunkResult:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request)
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+
+def _child_main(conn, spec: GeneratorSpec) -> None:
+    """The worker process: build the generator, then answer requests until told to stop. Frames come
+    and go through the parent's shared-memory segments (streaming/sharedframes.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
+    # Generation has slack until its deadline; pacing the tracks has none. When the CPU is contended,
+    # the server's event loop goes first (a late chunk falls back; a late frame is a visible stutter).
+    os.nice(WORKER_NICENESS)
+    try:
+        generator = spec.build()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("failed", _describe(exc)))
+        return
+    conn.send(("ready", GeneratorProfile.of(generator)))
+    segments = AttachedSegments()
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:
+                break
+            if request is None:
+                break
+            request, frames_in, frames_out = request
+            segments.forget_except({slot.name for slot in (frames_in, frames_out) if slot is not None})
+            if frames_in is not None:
+                request.source_frames = segments.view(frames_in)
+            try:
+                result = generator.generate(request)
+            except Exception as exc:  # noqa: BLE001 - one chunk fails, the worker goes on
+                conn.send(("raised", _describe(exc)))
+                continue
+            frames = np.asarray(result.frames)
+            written = frames.shape == frames_out.shape and frames.dtype == np.uint8
+            if written:
+                segments.view(frames_out)[...] = frames
+                result.frames = None
+            conn.send(("ok", (result, written)))
+    finally:
+        segments.forget_except(set())
+        generator.close()
+
+
+class ProcessWorker:
+    """One generator instance in a child process (spawned: no inherited locks, CUDA-safe)."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        self.spec = spec
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}-io")
+        self._process: multiprocessing.Process | None = None
+        self._conn = None
+        self._frames_in = SharedSegment()  # the request's source frames
+        self._frames_out = SharedSegment()  # the result's frames
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _receive(self, timeout: float | None):
+        """The child's next message; WorkerDied if it exits first."""
+        waited = 0.0
+        while not self._conn.poll(POLL_SECONDS):
+            waited += POLL_SECONDS
+            if not self._process.is_alive() and not self._conn.poll(0):
+                raise WorkerDied(f"{self.spec.name} worker process (pid {self._process.pid}) died "
+                                 f"with exit code {self._process.exitcode}")
+            if timeout is not None and waited > timeout:
+                raise WorkerDied(f"{self.spec.name} worker process did not answer in {timeout:.0f} s")
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise WorkerDied(f"{self.spec.name} worker process closed its pipe ({_describe(exc)})") from None
+
+    def _start(self) -> GeneratorProfile:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(target=_child_main, args=(child, self.spec), daemon=True,
+                                        name=f"livedub-{self.spec.name}")
+        self._process.start()
+        child.close()
+        self._conn = parent
+        kind, payload = self._receive(START_TIMEOUT)
+        if kind != "ready":
+            self._process.join(5)
+            raise GeneratorFailed(f"{self.spec.name} could not be built: {payload}")
+        return payload
+
+    def _generate(self, request: ChunkRequest) -> ChunkResult:
+        frames_in = None
+        if request.source_frames is not None:
+            frames_in = self._frames_in.put(request.source_frames)
+            request = dataclasses.replace(request, source_frames=None)
+        frames_out = self._frames_out.reserve((request.num_new, *request.size, 3))
+        try:
+            self._conn.send((request, frames_in, frames_out))
+        except (OSError, ValueError) as exc:
+            raise WorkerDied(f"{self.spec.name} worker process is gone ({_describe(exc)})") from None
+        kind, payload = self._receive(None)
+        if kind == "raised":
+            raise GeneratorFailed(payload)
+        result, written = payload
+        if written:
+            result.frames = self._frames_out.view(frames_out).copy()
+        return result
+
+    def _stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            try:
+                self._conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self._process.join(5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+        self._conn.close()
+        self._process = None
+
+    def _release(self) -> None:
+        self._stop()
+        self._frames_in.close()
+        self._frames_out.close()
+
+    async def start(self) -> GeneratorProfile:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._start)
+
+    async def restart(self) -> GeneratorProfile:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._stop)
+        return await loop.run_in_executor(self._executor, self._start)
+
+    async def generate(self, request: ChunkRequest) -> ChunkResult:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._release)
+        self._executor.shutdown(wait=False)
+
+
+class CpuSlots:
+    """At most ``count`` CPU generators run at once across all pools that share this, earliest deadline
+    first. With more sessions than cores, chunks that all fall due together otherwise run together and
+    thrash: each then takes several times its cost and all of them miss; taken in deadline order, each
+    gets a core to itself."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("at least one CPU slot")
+        self._free = count
+        self._waiting: list[tuple[float, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, deadline: float) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (deadline, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._free += 1
+
+
+@dataclasses.dataclass(order=True)
+class _Job:
+    deadline: float
+    order: int
+    request: ChunkRequest = dataclasses.field(compare=False)
+    future: asyncio.Future = dataclasses.field(compare=False)
+
+
+class GeneratorPool:
+    """``workers`` instances of one generator serving chunk requests, earliest deadline first."""
+
+    def __init__(self, spec: GeneratorSpec, workers: int = 1, mode: str = "thread", queue_limit: int = 8,
+                 clock=time.monotonic, cpu_slots: CpuSlots | None = None) -> None:
+        if mode not in WORKER_MODES:
+            raise InputError(f"bad worker mode {mode!r}: accepted are {', '.join(WORKER_MODES)}")
+        if workers < 1:
+            raise InputError(f"bad worker count {workers}: accepted is a whole number >= 1")
+        self.spec = spec
+        self.mode = mode
+        self._clock = clock
+        self._cpu_slots = cpu_slots
+        self._workers = [ThreadWorker(spec) if mode == "thread" else ProcessWorker(spec) for _ in range(workers)]
+        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=queue_limit)
+        self._order = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self.profile: GeneratorProfile | None = None
+        self.restarts = 0
+        self.deaths = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self._workers if isinstance(w, ProcessWorker) and w.pid is not None]
+
+    async def start(self) -> GeneratorProfile:
+        profiles = await asyncio.gather(*(w.start() for w in self._workers))
+        self.profile = profiles[0]
+        self._tasks = [asyncio.create_task(self._serve(w), name=f"pool-{self.name}") for w in self._workers]
+        return self.profile
+
+    async def run(self, request: ChunkRequest, deadline: float) -> ChunkResult:
+        """The generator's result for ``request``; raises GeneratorFailed, WorkerDied, PoolBusy or Expired."""
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Job(deadline, next(self._order), request, future))
+        except asyncio.QueueFull:
+            raise PoolBusy(f"{self.name}: {self._queue.maxsize} chunks already queued") from None
+        return await future
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def _serve(self, worker) -> None:
+        failures = 0
+        while True:
+            job = await self._queue.get()
+            if job.future.done():  # the session gave up on it
+                continue
+            try:
+                result = await self._generate(worker, job)
+            except Expired as exc:
+                _settle(job.future, exc)
+                continue
+            except WorkerDied as exc:
+                self.deaths += 1
+                _settle(job.future, exc)
+                failures = await self._restart(worker, failures)
+                continue
+            except GeneratorFailed as exc:
+                _settle(job.future, exc)
+                continue
+            except asyncio.CancelledError:
+                _settle(job.future, GeneratorFailed(f"{self.name} pool closed"))
+                raise
+            failures = 0
+            if not job.future.done():
+                job.future.set_result(result)
+
+    async def _generate(self, worker, job: _Job) -> ChunkResult:
+        if self._cpu_slots is not None:
+            await self._cpu_slots.acquire(job.deadline)
+        try:
+            if job.future.done():
+                raise Expired(f"chunk {job.request.index} was given up")
+            if self._clock() > job.deadline:
+                raise Expired(f"chunk {job.request.index} waited past its deadline")
+            return await worker.generate(job.request)
+        finally:
+            if self._cpu_slots is not None:
+                self._cpu_slots.release()
+
+    async def _restart(self, worker: ProcessWorker, failures: int) -> int:
+        """Restart a dead worker process, waiting longer after each failure; never gives up."""
+        while True:
+            await asyncio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
+            failures += 1
+            try:
+                await worker.restart()
+            except GeneratorFailed as exc:
+                log.error("restarting %s worker failed: %s", self.name, exc)
+                continue
+            self.restarts += 1
+            log.warning("%s worker restarted (pid %s)", self.name, worker.pid)
+            return failures
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            _settle(job.future, GeneratorFailed(f"{self.name} pool closed"))
+        await asyncio.gather(*(w.close() for w in self._workers), return_exceptions=True)
+
+
+def _settle(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,58 @@
+"""Generators that misbehave on purpose, for the live server's fault tests (built by name through a
+registry entry the tests add; importable by worker processes because tests/ is on their path)."""
+
+from __future__ import annotations
+
+import time
+
+from model.base import ChunkRequest, ChunkResult
+from model.passthrough import PassthroughGenerator
+
+
+class RaisingGenerator(PassthroughGenerator):
+    """The source frames, except that chunks in ``fail_chunks`` raise."""
+
+    name = "raising"
+
+    def __init__(self, fail_chunks=(1,)) -> None:
+        self.fail_chunks = set(fail_chunks)
+
+    def generate(self, request: ChunkRequest) -> ChunkResult:
+        if request.index in self.fail_chunks:
+            raise RuntimeError(f"deliberate failure on chunk {request.index}")
+        return super().generate(request)
+
+
+class SlowGenerator(PassthroughGenerator):
+    """The source frames after ``seconds`` (``fast_seconds`` for tiers other than the first)."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float = 1.0, fast_seconds: float | None = None) -> None:
+        self.seconds = seconds
+        self.fast_seconds = seconds if fast_seconds is None else fast_seconds
+
+    def generate(self, request: ChunkRequest) -> ChunkResult:
+        time.sleep(self.seconds if request.tier.name == "full" else self.fast_seconds)
+        result = super().generate(request)
+        result.info["tier"] = request.tier.name
+        return result
+
+
+def build_raising(**options) -> RaisingGenerator:
+    return RaisingGenerator(**options)
+
+
+def build_raising_first(**options) -> RaisingGenerator:
+    return RaisingGenerator(fail_chunks=(0,))
+
+
+def build_slow(**options) -> SlowGenerator:
+    return SlowGenerator(**options)
+
+
+REGISTRY = {
+    "raising": (__name__, "build_raising", "raises on chosen chunks"),
+    "raising_first": (__name__, "build_raising_first", "raises on the first chunk"),
+    "slow": (__name__, "build_slow", "sleeps per chunk"),
+}

@@ -1,0 +1,137 @@
+"""Faults through a real server and real peer connections: a viewer vanishes, the ingest stops, a
+generator raises in one session; the sessions survive or end as documented, the others are unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+import server_fault_generators
+from _server_support import control_url, loopback_candidates, speech_48k, start_server
+from client.control import ControlClient
+from client.webrtc import Publisher, SpeechTrack, Viewer
+from model.registry import GENERATORS
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    loopback_candidates(monkeypatch)
+
+
+@pytest.fixture
+def fault_registry(monkeypatch):
+    for name, entry in server_fault_generators.REGISTRY.items():
+        monkeypatch.setitem(GENERATORS, name, entry)
+
+
+class FrameCounter:
+    def __init__(self) -> None:
+        self.video: list[float] = []
+
+    def __call__(self, kind, frame, arrival) -> None:
+        if kind == "video":
+            self.video.append(arrival)
+
+    def since(self, moment: float) -> int:
+        return sum(1 for t in self.video if t >= moment)
+
+
+async def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.1)
+    return condition()
+
+
+async def _event(control: ControlClient, seen: list[dict], match, timeout: float) -> dict:
+    """The first event (already seen or arriving within ``timeout``) that ``match``es; consumed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for event in seen:
+            if match(event):
+                seen.remove(event)
+                return event
+        seen.append(await control.next_event(timeout=max(0.01, deadline - time.monotonic())))
+
+
+@pytest.mark.slow
+async def test_viewer_vanishing_and_ingest_stopping_and_a_raising_generator(tmp_path, loopback, fault_registry):
+    server = await start_server(str(tmp_path / "sources"), size="128x128")
+    try:
+        async with ControlClient(control_url(server)) as control, aiohttp.ClientSession() as http:
+            # Session A: a generator that raises on chunk 0; two viewers, one of which vanishes.
+            a = await control.request("create", source="red", generator="raising_first")
+            # Session B: passthrough, its ingest stops (the sender closes its connection, no DELETE).
+            b = await control.request("create", source="blue")
+            counters = [FrameCounter() for _ in range(3)]
+            viewers = [Viewer(http, counters[0]), Viewer(http, counters[1]), Viewer(http, counters[2])]
+            await viewers[0].watch(a["whep"])
+            await viewers[1].watch(a["whep"])
+            await viewers[2].watch(b["whep"])
+            senders = [Publisher(http), Publisher(http)]
+            speech = speech_48k(8.0)
+            await senders[0].publish(a["whip"], SpeechTrack(speech))
+            await senders[1].publish(b["whip"], SpeechTrack(speech))
+            await asyncio.sleep(1.5)
+
+            await viewers[1].pc.close()  # vanishes: no DELETE
+            await senders[1].pc.close()  # B's ingest stops
+            stopped = time.monotonic()
+            session_a = server.manager.get(a["session"])
+            assert await _wait_for(lambda: len(session_a.viewers) == 1, 10), "vanished viewer not removed"
+
+            seen: list[dict] = []
+            error = await _event(control, seen, lambda e: e["event"] == "error", 8)
+            assert error["session"] == a["session"] and error["code"] == "generator_failed"
+            ended = await _event(control, seen, lambda e: e["event"] == "ended", 10)
+            assert ended["session"] == b["session"] and ended["reason"] == "ingest_ended"
+            # B played out what was captured (its delay later), then ended.
+            assert time.monotonic() - stopped >= 4.2 - 1.0
+
+            # A carries on: its remaining viewer still gets 25 fps, later chunks are generated.
+            moment = time.monotonic()
+            await asyncio.sleep(2.0)
+            assert 45 <= counters[0].since(moment) <= 55
+            assert await _wait_for(lambda: session_a.counts["generated"] >= 1, 5)
+            stats = (await control.request("stats", session=a["session"]))["stats"]
+            assert stats["chunks"]["failed"] == 1 and stats["state"] == "running" and stats["viewers"] == 1
+            assert [s["session"] for s in (await control.request("sessions"))["sessions"]] == [a["session"]]
+            await senders[0].close()  # DELETE ends A
+            ended = await _event(control, seen, lambda e: e["event"] == "ended" and e["session"] == a["session"], 5)
+            assert ended["reason"] == "ingest_deleted"
+            for viewer in viewers:
+                await viewer.close(delete=False)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.slow
+async def test_a_dead_worker_process_hits_only_its_own_session(tmp_path):
+    server = await start_server(str(tmp_path / "sources"), size="64x64", worker="process")
+    try:
+        async with ControlClient(control_url(server)) as control:
+            a = (await control.request("create", source="red"))["session"]
+            b = (await control.request("create", source="blue"))["session"]
+            pools = {sid: server.manager._entries[sid].own_pools[0] for sid in (a, b)}
+            assert pools[a].worker_pids and pools[a].worker_pids != pools[b].worker_pids
+            os.kill(pools[a].worker_pids[0], signal.SIGKILL)
+            seen: list[dict] = []
+            died = await _event(control, seen, lambda e: e["event"] == "error", 10)
+            assert died["session"] == a and died["code"] == "worker_died" and died["chunk"] == 0
+            # Chunks come on the session clock even without speech: B's first is on time, and A's second
+            # is generated again by the restarted worker.
+            await _event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == b
+                         and e["chunk"] == 0 and e["status"] == "on_time", 10)
+            await _event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == a
+                         and e["chunk"] == 1 and e["status"] == "on_time", 10)
+            assert not [e for e in seen if e["event"] == "error" and e["session"] == b]
+            assert pools[a].restarts == 1 and pools[b].deaths == 0
+    finally:
+        await server.stop()
