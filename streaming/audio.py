@@ -109,7 +109,9 @@ class RunningLoudness:
         self._filters = [(stage.passband_gain, stage.b, stage.a) for stage in stages]
         self._states = [scipy.signal.lfilter_zi(b, a) * 0.0 for _, b, a in self._filters]
         self._pending = np.zeros(0, np.float64)
-        self._step_energy: list[float] = []
+        self._steps = np.zeros(1024, np.float64)  # energy per 100 ms step; grows by doubling
+        self._step_count = 0
+        self._cached: float | None = None  # loudness for the steps so far (recomputed when one arrives)
 
     def push(self, samples: np.ndarray) -> None:
         data = samples.astype(np.float64)
@@ -120,13 +122,21 @@ class RunningLoudness:
         whole = data.size // self.STEP
         if whole:
             steps = data[: whole * self.STEP].reshape(whole, self.STEP)
-            self._step_energy.extend(np.sum(steps * steps, axis=1).tolist())
+            if self._step_count + whole > self._steps.size:
+                self._steps = np.concatenate([self._steps, np.zeros(max(self._steps.size, whole))])
+            self._steps[self._step_count : self._step_count + whole] = np.sum(steps * steps, axis=1)
+            self._step_count += whole
+            self._cached = None
         self._pending = data[whole * self.STEP :]
 
     @property
     def loudness(self) -> float:
         """Integrated loudness so far (LUFS); -inf until 400 ms of audio has arrived."""
-        steps = np.asarray(self._step_energy)
+        if self._cached is None:
+            self._cached = self._integrate(self._steps[: self._step_count])
+        return self._cached
+
+    def _integrate(self, steps: np.ndarray) -> float:
         if steps.size < 4:
             return float("-inf")
         blocks = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / (4 * self.STEP)
