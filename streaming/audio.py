@@ -43,19 +43,19 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         # Resample keeping the channels, then average them as librosa's mono does (FFmpeg's own
         # stereo->mono downmix would add the channels at -3 dB instead).
         resampler = None
-        pieces: list[np.ndarray] = []
+        samples = _Samples(_expected_samples(container, stream))
         try:
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler follow the sample count, not broken timestamps
                 if resampler is None:
                     resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=AUDIO_RATE)
                 for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().mean(axis=0))
+                    samples.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None) if resampler else []:
-                pieces.append(out.to_ndarray().mean(axis=0))
+                samples.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot decode audio of {path}: {_reason(exc)}") from None
-    samples = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    samples = samples.array()
     if samples.size == 0:
         raise InputError(f"audio in {path} is empty (zero length); give speech at least 0.04 s long")
     if not np.isfinite(samples).all():
@@ -63,34 +63,111 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     return samples
 
 
+class _Samples:
+    """A float32 buffer filled in place: an hour of speech is decoded without a second whole copy."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.zeros(max(capacity, AUDIO_RATE), np.float32)
+        self._size = 0
+
+    def append(self, piece: np.ndarray) -> None:
+        if self._size + piece.size > self._data.size:
+            grown = np.zeros(max(2 * self._data.size, self._size + piece.size), np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size : self._size + piece.size] = piece
+        self._size += piece.size
+
+    def array(self) -> np.ndarray:
+        return self._data[: self._size]
+
+
+def _expected_samples(container, stream) -> int:
+    """16 kHz samples the container announces (a little more, for resampler slack); 0 when unknown."""
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        return 0
+    return int(seconds * AUDIO_RATE) + AUDIO_RATE
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:160]
 
 
-def integrated_loudness(samples: np.ndarray) -> float:
-    """BS.1770 integrated loudness in LUFS (-inf for silence); short clips use one block of their length."""
-    meter = pyloudnorm.Meter(AUDIO_RATE)
-    data = samples.astype(np.float64)
-    if data.size < int(0.4 * AUDIO_RATE):
-        meter = pyloudnorm.Meter(AUDIO_RATE, block_size=max(data.size, 1) / AUDIO_RATE)
+def _k_weighting() -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """pyloudnorm's K-weighting stages at 16 kHz as (passband gain, b, a)."""
+    return [(stage.passband_gain, stage.b, stage.a) for stage in pyloudnorm.Meter(AUDIO_RATE)._filters.values()]
+
+
+def _gated_loudness(block_energy: np.ndarray) -> float:
+    """BS.1770 gating over mean-square block energies: absolute gate, then the relative gate 10 LU below."""
+    if block_energy.size == 0:
+        return float("-inf")
     with np.errstate(divide="ignore"):
-        return float(meter.integrated_loudness(data))
+        block_lufs = -0.691 + 10 * np.log10(block_energy)
+        above = block_energy[block_lufs >= ABSOLUTE_GATE_LUFS]
+        if above.size == 0:
+            return float("-inf")
+        relative_gate = -0.691 + 10 * np.log10(above.mean()) - 10
+        gated = block_energy[(block_lufs > relative_gate) & (block_lufs > ABSOLUTE_GATE_LUFS)]
+        return float(-0.691 + 10 * np.log10(gated.mean())) if gated.size else float("-inf")
+
+
+def integrated_loudness(samples: np.ndarray, piece_seconds: float = 30.0) -> float:
+    """BS.1770 integrated loudness in LUFS (-inf for silence), as pyloudnorm measures it.
+
+    Same filters and the same blocks as ``pyloudnorm.Meter.integrated_loudness`` (400 ms, 75 % overlap,
+    its block count and bounds, a last block that may run past the end), computed piece by piece with
+    carried filter state so that an hour of speech needs no whole-length float64 copies. Clips shorter
+    than one block use one block of their length, as pyloudnorm with that block size.
+    """
+    total = samples.size
+    block = int(0.4 * AUDIO_RATE) if total >= int(0.4 * AUDIO_RATE) else max(total, 1)
+    block_seconds = block / AUDIO_RATE
+    count = int(np.round((total / AUDIO_RATE - block_seconds) / (block_seconds * 0.25))) + 1
+    starts = np.array([int(block_seconds * (j * 0.25) * AUDIO_RATE) for j in range(count)], np.int64)
+    ends = np.array([int(block_seconds * (j * 0.25 + 1) * AUDIO_RATE) for j in range(count)], np.int64)
+    energy = np.zeros(count, np.float64)
+    filters = _k_weighting()
+    states = [scipy.signal.lfilter_zi(b, a) * 0.0 for _, b, a in filters]
+    step = max(int(piece_seconds * AUDIO_RATE), 1)
+    for first in range(0, total, step):
+        data = samples[first : first + step].astype(np.float64)
+        for i, (gain, b, a) in enumerate(filters):
+            data, states[i] = scipy.signal.lfilter(b, a, data, zi=states[i])
+            data = data * gain
+        sums = np.concatenate([[0.0], np.cumsum(data * data)])
+        last = first + data.size
+        lo, hi = np.clip(starts, first, last), np.clip(ends, first, last)
+        touched = hi > lo
+        energy[touched] += sums[hi[touched] - first] - sums[lo[touched] - first]
+    return _gated_loudness(energy / block)
+
+
+def loudness_gain(loudness: float, target: float = TARGET_LUFS) -> float:
+    """The official ``loudness_norm`` gain: to ``target`` LUFS; 1 when |loudness| > 100 (silence)."""
+    if not np.isfinite(loudness) or abs(loudness) > 100:
+        return 1.0
+    return float(10.0 ** ((target - loudness) / 20.0))
 
 
 def normalize_loudness(samples: np.ndarray, target: float = TARGET_LUFS) -> np.ndarray:
     """The official ``loudness_norm``: scale to ``target`` LUFS; unchanged when |loudness| > 100 (silence)."""
-    loudness = integrated_loudness(samples)
-    if not np.isfinite(loudness) or abs(loudness) > 100:
-        return samples.astype(np.float32)
-    gain = 10.0 ** ((target - loudness) / 20.0)
-    return (samples.astype(np.float64) * gain).astype(np.float32)
+    gain = loudness_gain(integrated_loudness(samples), target)
+    return (samples.astype(np.float64) * gain).astype(np.float32) if gain != 1.0 else samples.astype(np.float32)
+
+
+def is_silent_loudness(loudness: float) -> bool:
+    """No gating block above BS.1770's absolute gate (-70 LUFS)."""
+    return not np.isfinite(loudness) or loudness < ABSOLUTE_GATE_LUFS
 
 
 def is_silent(samples: np.ndarray) -> bool:
-    """No gating block above BS.1770's absolute gate (-70 LUFS)."""
-    loudness = integrated_loudness(samples)
-    return not np.isfinite(loudness) or loudness < ABSOLUTE_GATE_LUFS
+    return is_silent_loudness(integrated_loudness(samples))
 
 
 class RunningLoudness:
@@ -105,8 +182,7 @@ class RunningLoudness:
 
     def __init__(self, target: float = TARGET_LUFS) -> None:
         self.target = target
-        stages = list(pyloudnorm.Meter(AUDIO_RATE)._filters.values())
-        self._filters = [(stage.passband_gain, stage.b, stage.a) for stage in stages]
+        self._filters = _k_weighting()
         self._states = [scipy.signal.lfilter_zi(b, a) * 0.0 for _, b, a in self._filters]
         self._pending = np.zeros(0, np.float64)
         self._steps = np.zeros(1024, np.float64)  # energy per 100 ms step; grows by doubling
@@ -139,22 +215,11 @@ class RunningLoudness:
     def _integrate(self, steps: np.ndarray) -> float:
         if steps.size < 4:
             return float("-inf")
-        blocks = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / (4 * self.STEP)
-        with np.errstate(divide="ignore"):
-            block_lufs = -0.691 + 10 * np.log10(blocks)
-            above = blocks[block_lufs >= ABSOLUTE_GATE_LUFS]
-            if above.size == 0:
-                return float("-inf")
-            relative_gate = -0.691 + 10 * np.log10(above.mean()) - 10
-            gated = blocks[(block_lufs > relative_gate) & (block_lufs > ABSOLUTE_GATE_LUFS)]
-            return float(-0.691 + 10 * np.log10(gated.mean())) if gated.size else float("-inf")
+        return _gated_loudness((steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / (4 * self.STEP))
 
     def gain(self) -> float:
         """Linear gain that brings the stream so far to the target; 1.0 while it is silent."""
-        loudness = self.loudness
-        if not np.isfinite(loudness) or abs(loudness) > 100:
-            return 1.0
-        return float(10.0 ** ((self.target - loudness) / 20.0))
+        return loudness_gain(self.loudness, self.target)
 
 
 class VoiceActivity:

@@ -12,9 +12,11 @@ import sys
 import time
 from typing import Callable, TextIO
 
+import numpy as np
+
 from model.base import AUDIO_RATE, FPS, Generator
 from model.registry import build_generator
-from streaming.audio import is_silent, load_audio, normalize_loudness
+from streaming.audio import integrated_loudness, is_silent_loudness, load_audio, loudness_gain
 from streaming.chunker import ChunkPlan, frames_for_samples
 from streaming.engine import AudioTrack, ChunkEngine, ChunkReport
 from streaming.errors import InputError
@@ -57,12 +59,14 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     output_path = check_output_path(output_path)
     if not 0.0 <= (settings.color_correction if settings.color_correction is not None else 0.0) <= 1.0:
         raise InputError(f"bad colour-correction strength {settings.color_correction}: accepted is 0..1")
-    speech = normalize_loudness(load_audio(audio_path))
+    speech = load_audio(audio_path)
     total_frames = frames_for_samples(speech.size)
     if total_frames == 0:
         raise InputError(f"audio in {audio_path} is shorter than one frame (0.04 s); give longer speech")
-    if is_silent(speech):
+    loudness = integrated_loudness(speech)
+    if is_silent_loudness(loudness):
         raise InputError(f"audio in {audio_path} is silent (below -70 LUFS); give a speech track")
+    speech *= np.float32(loudness_gain(loudness))  # in place: the official loudness_norm to -23 LUFS
     source = VideoSource(source_path, settings.size, settings.source_end, settings.keyframe_interval)
     owned = generator is None
     generator = generator or build_generator(settings.generator, **settings.generator_options)
