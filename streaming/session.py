@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, AudioMargins, ChunkRequest, ChunkResult, Tier
+from model.passthrough import unchanged_frames
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.errors import InputError
@@ -331,10 +332,7 @@ class LiveSession:
         elif live_window is not None:
             self.engine.source = live_window
         request = self.engine.request(index, audio, self.end_frame)
-        if request.source_frames is not None:
-            fallback = request.source_frames[request.num_context:]
-        else:
-            fallback = np.broadcast_to(request.reference_frame, (request.num_new, *request.reference_frame.shape))
+        fallback = unchanged_frames(request)
         if swap is not None and swap.mode == "blend" and request.context_frames is not None:
             fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
         return request, fallback

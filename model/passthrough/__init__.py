@@ -13,6 +13,13 @@ import numpy as np
 from model.base import AudioMargins, ChunkRequest, ChunkResult
 
 
+def unchanged_frames(request: ChunkRequest) -> np.ndarray:
+    """The new part of the window as the source shows it: its source frames, or the reference repeated."""
+    if request.source_frames is not None:
+        return request.source_frames[request.num_context :]
+    return np.broadcast_to(request.reference_frame, (request.num_new, *request.reference_frame.shape))
+
+
 class PassthroughGenerator:
     name = "passthrough"
     audio_margins = AudioMargins()
@@ -21,11 +28,8 @@ class PassthroughGenerator:
 
     def generate(self, request: ChunkRequest) -> ChunkResult:
         started = time.perf_counter()
-        if request.source_frames is not None:
-            frames = request.source_frames[request.num_context :]
-        else:
-            frames = np.broadcast_to(request.reference_frame, (request.num_new, *request.reference_frame.shape))
-        return ChunkResult(np.ascontiguousarray(frames), time.perf_counter() - started, {"animated": False})
+        frames = np.ascontiguousarray(unchanged_frames(request))
+        return ChunkResult(frames, time.perf_counter() - started, {"animated": False})
 
     def close(self) -> None:
         pass
