@@ -110,8 +110,11 @@ class ChunkEngine:
         """Free source frames no later chunk needs."""
         self.source.release_before(self.plan.chunk(next_index).start_frame)
 
+    def speech_fraction(self, request: ChunkRequest) -> float:
+        """Share of the window's 30 ms frames that webrtcvad hears as speech."""
+        return self._vad.speech_fraction(request.window_audio())
+
     def report(self, request: ChunkRequest, result: ChunkResult) -> ChunkReport:
         return ChunkReport(index=request.index, start_frame=request.start_frame, new_frames=request.num_new,
-                           reference_index=request.reference_index,
-                           speech_fraction=self._vad.speech_fraction(request.window_audio()),
+                           reference_index=request.reference_index, speech_fraction=self.speech_fraction(request),
                            seconds=result.seconds, info=dict(result.info))

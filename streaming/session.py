@@ -265,10 +265,10 @@ class LiveSession:
         swap, self._swap = self._swap, None
         self._next_chunk = index + 1
         live_window = self._live_window(chunk) if self.live is not None and swap is None else None
-        request, fallback = await self._in_thread(self._build, index, audio, swap, live_window)
+        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window)
         self.timeline.offer(index, fallback, "fallback")
         decision = self.scheduler.choose(deadline - self._now())
-        report = {"chunk": index, "slot_at": round(slot_due - self.clock.origin, 3)}
+        report = {"chunk": index, "slot_at": round(slot_due - self.clock.origin, 3), "speech_fraction": speech}
         if decision.skipped:
             self.tier_counts["skip"] += 1
             self._event("degraded", **report, action="skip", time_left=round(decision.time_left, 3),
@@ -321,7 +321,8 @@ class LiveSession:
         if source is not None and not source.is_still and not isinstance(source, FrameWindow):
             source.frame(end_frame - 1)
 
-    def _build(self, index: int, audio: "_Window", swap: _Swap | None, live_window) -> tuple[ChunkRequest, np.ndarray]:
+    def _build(self, index: int, audio: "_Window", swap: _Swap | None,
+               live_window) -> tuple[ChunkRequest, np.ndarray, float]:
         chunk = self.plan.chunk(index)
         if self.engine.source is not None:
             self.engine.release(index)  # frames before this chunk's window are no longer needed
@@ -335,7 +336,7 @@ class LiveSession:
         fallback = unchanged_frames(request)
         if swap is not None and swap.mode == "blend" and request.context_frames is not None:
             fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
-        return request, fallback
+        return request, fallback, round(self.engine.speech_fraction(request), 3)
 
     def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
         frames = self.engine.accept(request, result)

@@ -100,6 +100,9 @@ async def test_session_generates_every_chunk_on_time_and_ends_after_the_speech(s
     session, events, played = await _play("passthrough", stills[0], 2.0)
     chunks = _events(events, "chunk")
     assert len(chunks) >= 7 and all(c["status"] == "on_time" for c in chunks)
+    # Voice activity per chunk (webrtcvad): real read speech is heard in most of its windows.
+    fractions = [c["speech_fraction"] for c in chunks]
+    assert all(0.0 <= f <= 1.0 for f in fractions) and max(fractions) > 0.5
     assert _events(events, "ended")[0]["reason"] == "ingest_ended"
     # Every frame from the first slot to the end of the speech came from a generated chunk.
     speech_frames = [kind for n, kind, _ in played if 0 <= n < session.end_frame]
