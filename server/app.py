@@ -26,19 +26,20 @@ import logging
 import os
 import socket
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 import client
 from server.auth import authorized, same_token
 from server.config import ServerConfig
 from server.control import ERROR_CODES, ControlChannel
-from server.manager import LimitReached, SessionManager, UnknownSession
+from server.httplog import AccessLogger, http_logger
+from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
 from server.mqtt import MqttBridge
-from server.peers import offered_media
+from server.offers import Offer, check_offer
 from server.sources import SourceLibrary, UnknownSource
 from streaming.chunker import ChunkPlan
-from streaming.errors import InputError
+from streaming.errors import InputError, quoted
 from streaming.session import SessionSettings
 from streaming.workers import GeneratorFailed
 
@@ -46,11 +47,32 @@ log = logging.getLogger("livedub.server")
 WEB_DIR = os.path.join(os.path.dirname(client.__file__), "web")
 WEBSOCKET_HARD_LIMIT = 1 << 20  # beyond this aiohttp closes the socket (1009); below it we answer
 EVENT_QUEUE = 256
-STATUS = {UnknownSession: 404, UnknownSource: 404, LimitReached: 503}
+STATIC_FILES = frozenset(name for name in os.listdir(WEB_DIR) if os.path.isfile(os.path.join(WEB_DIR, name)))
+STATUS = {UnknownSession: 404, UnknownSource: 404, LimitReached: 503, GeneratorUnavailable: 503}
+# The ``error`` code of aiohttp's own HTTP errors (no route, wrong method, body too large...).
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+MAX_MESSAGE_CHARS = 300
 
 
 def _problem(status: int, code: str, message: str, **headers) -> web.Response:
+    """The one error envelope of every HTTP error: ``{"error": CODE, "message": ONE LINE}``."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own error (raised by the router, a static file, a body limit) in the envelope."""
+    if exc.status == 404:
+        message = f"no such resource {quoted(request.path)}"
+    elif exc.status == 405:
+        message = (f"method {quoted(request.method)} not allowed on {quoted(request.path)}: accepted are "
+                   f"{', '.join(sorted(getattr(exc, 'allowed_methods', ()) or ())) or 'none'}")
+    else:
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+    return _problem(exc.status, HTTP_CODES.get(exc.status, f"http_{exc.status}"), message.strip(), **headers)
 
 
 def _input_problem(exc: InputError) -> web.Response:
@@ -74,8 +96,10 @@ class LiveServer:
     async def start(self) -> str:
         """Check (or load) the default generator, start listening; the URL to open."""
         self.generator = await self.manager.prepare()
+        # The access log names method and path only (a ?token= query never reaches it); aiohttp's own
+        # errors go to a logger that drops header values (a malformed Authorization header included).
         self._runner = web.AppRunner(self.app, access_log=logging.getLogger("livedub.access"),
-                                     access_log_format='%a "%r" %s %b %Tfs', shutdown_timeout=2)
+                                     access_log_class=AccessLogger, logger=http_logger(), shutdown_timeout=2)
         await self._runner.setup()
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -107,9 +131,9 @@ class LiveServer:
     # ---- routes -----------------------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=max(self.config.max_sdp_bytes, self.config.max_message_bytes) + 1024,
-                              middlewares=[self._guard])
+                              middlewares=[self._envelope, self._guard])
         app.router.add_get("/", self._index)
-        app.router.add_static("/static/", WEB_DIR, follow_symlinks=False)
+        app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/healthz", self._healthz)
         if self.demo_speech:
             app.router.add_get("/demo/speech.wav", lambda request: web.FileResponse(self.demo_speech))
@@ -128,6 +152,19 @@ class LiveServer:
     OPEN_PATHS = ("/", "/healthz", "/control", "/demo/speech.wav")
 
     @web.middleware
+    async def _envelope(self, request: web.Request, handler):
+        """Every HTTP error in the JSON envelope, aiohttp's own (404, 405, 413, 415) included."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _http_problem(request, exc)
+        except Exception as exc:  # a bug: its traceback is logged here, the client gets the envelope
+            log.exception("%s %s failed", request.method, request.rel_url.raw_path)
+            return _problem(500, "internal", f"internal error ({type(exc).__name__})")
+
+    @web.middleware
     async def _guard(self, request: web.Request, handler):
         """Bearer token on everything but the page and health (the websocket checks its own)."""
         if request.path not in self.OPEN_PATHS and not request.path.startswith("/static/") and not authorized(
@@ -144,6 +181,14 @@ class LiveServer:
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(os.path.join(WEB_DIR, "index.html"))
 
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        """The page's files: a flat folder, so a name with a path in it is simply not there (a 404 raised
+        here, not by FileResponse at send time, reaches the error envelope)."""
+        name = request.match_info["name"]
+        if name not in STATIC_FILES:
+            raise web.HTTPNotFound()
+        return web.FileResponse(os.path.join(WEB_DIR, name))
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(self.manager.sessions),
                                   "max_sessions": self.config.max_sessions,
@@ -156,17 +201,18 @@ class LiveServer:
     async def _sources(self, request: web.Request) -> web.Response:
         return web.json_response({"sources": sorted(self.library.names())})
 
-    async def _read_sdp(self, request: web.Request) -> str:
+    async def _read_sdp(self, request: web.Request, role: str) -> Offer:
+        """The request's SDP offer, checked for ``role`` before anything is built for it."""
         if request.content_type != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text=f"Content-Type must be application/sdp, not "
-                                                    f"{request.content_type[:60]!r}")
+                                                    f"{quoted(request.content_type)}")
         if (request.content_length or 0) > self.config.max_sdp_bytes:
             raise web.HTTPRequestEntityTooLarge(self.config.max_sdp_bytes, request.content_length)
         body = await request.read()
         if len(body) > self.config.max_sdp_bytes:
             raise web.HTTPRequestEntityTooLarge(self.config.max_sdp_bytes, len(body))
         try:
-            return body.decode("utf-8")
+            return check_offer(body.decode("utf-8"), role)
         except UnicodeDecodeError:
             raise InputError("bad SDP offer: not UTF-8 text") from None
 
@@ -176,14 +222,13 @@ class LiveServer:
                             headers={"Location": location, **headers})
 
     async def _whip_create(self, request: web.Request) -> web.Response:
-        offer = await self._read_sdp(request)
-        media = offered_media(offer)
+        offer = await self._read_sdp(request, "whip")
         delay = request.query.get("delay")
         try:
             delay = None if delay is None else float(delay)
         except ValueError:
-            raise InputError(f"bad delay {delay[:20]!r}: accepted is a number of seconds") from None
-        live = media.get("video") in ("sendonly", "sendrecv")
+            raise InputError(f"bad delay {quoted(delay, 20)}: accepted is a number of seconds") from None
+        live = offer.media.get("video") in ("sendonly", "sendrecv")
         source = request.query.get("source")
         if source is None and not live:
             raise InputError("no source: give ?source=NAME (one of /sources), or offer a video track")
@@ -197,7 +242,7 @@ class LiveServer:
                                                                     "Link": f'</whep/{session.id}>; rel="whep"'})
 
     async def _whip_attach(self, request: web.Request) -> web.Response:
-        offer = await self._read_sdp(request)
+        offer = await self._read_sdp(request, "whip")
         session_id = request.match_info["session"]
         answer = await self.manager.attach_ingest(session_id, offer)
         return self._sdp_created(answer, f"/whip/{session_id}", **{"X-Livedub-Session": session_id})
@@ -207,7 +252,7 @@ class LiveServer:
         return web.Response(status=200)
 
     async def _whep(self, request: web.Request) -> web.Response:
-        offer = await self._read_sdp(request)
+        offer = await self._read_sdp(request, "whep")
         session_id = request.match_info["session"]
         viewer_id, answer = await self.manager.add_viewer(session_id, offer)
         return self._sdp_created(answer, f"/whep/{session_id}/{viewer_id}")
@@ -217,8 +262,8 @@ class LiveServer:
         return web.Response(status=200)
 
     async def _no_trickle(self, request: web.Request) -> web.Response:
-        return web.Response(status=405, text="trickle ICE and ICE restarts are not supported",
-                            headers={"Allow": "POST, DELETE"})
+        return _problem(405, "method_not_allowed", "trickle ICE and ICE restarts are not supported: send the "
+                                                   "offer once ICE gathering is complete", Allow="POST, DELETE")
 
     # ---- the control websocket ----------------------------------------------------------------------------
     async def _control(self, request: web.Request) -> web.WebSocketResponse:
@@ -243,7 +288,14 @@ class LiveServer:
         try:
             async for message in ws:
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await outbox.put(await channel.handle(message.data))
+                    reply = await channel.handle(message.data)
+                    if channel.closing:  # too many wrong tokens: the last reply, then the door
+                        sender.cancel()
+                        await asyncio.gather(sender, return_exceptions=True)
+                        await ws.send_str(json.dumps(reply))
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many wrong tokens")
+                        break
+                    await outbox.put(reply)
                 elif message.type == WSMsgType.ERROR:
                     break
         finally:

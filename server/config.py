@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import math
 import os
 import tomllib
@@ -16,6 +17,7 @@ import urllib.parse
 
 from streaming.errors import InputError
 
+log = logging.getLogger("livedub.config")
 ICE_SCHEMES = ("stun", "turn", "turns")
 MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 
@@ -136,14 +138,26 @@ def read_secret(value: str | None, file: str | None, env: str, what: str) -> str
         return value
     if file:
         try:
-            with open(file) as handle:
-                secret = handle.read().strip()
+            with open(file, newline="") as handle:
+                raw = handle.read()
         except OSError as exc:
             raise InputError(f"cannot read the {what} file {file}: {exc.strerror}") from None
+        secret = raw.strip()
         if not secret:
             raise InputError(f"the {what} file {file} is empty")
+        if raw not in (secret, secret + "\n"):  # a lone final newline is what editors write
+            log.warning("the %s file %s has whitespace or CR (CRLF line ends?) around its value: stripped", what,
+                        file)
         return secret
     return os.environ.get(env) or None
+
+
+def check_token(token: str | None) -> str | None:
+    """A bearer token must travel in a header: printable ASCII without spaces (it is never echoed)."""
+    if token is not None and not all("!" <= c <= "~" for c in token):
+        raise InputError("bad token: accepted are printable ASCII characters without spaces or control "
+                         "characters (they must fit an Authorization header)")
+    return token
 
 
 def _number(settings: dict, key: str, kind, low: float, high: float, unit: str):
@@ -185,7 +199,7 @@ def build_config(settings: dict) -> ServerConfig:
         raise InputError(f"bad worker {merged['worker']!r}: accepted are auto, thread, process")
     size = get("size", 480)
     merged["size"] = size if isinstance(size, (int, tuple)) else parse_size(str(size))
-    token = read_secret(s.get("token"), s.get("token_file"), "LIVEDUB_TOKEN", "token")
+    token = check_token(read_secret(s.get("token"), s.get("token_file"), "LIVEDUB_TOKEN", "token"))
     if not is_loopback(merged["host"]) and not token:
         raise InputError(f"refusing to listen on {merged['host']} without a token: give --token-file FILE "
                          "(or --token, or LIVEDUB_TOKEN), or listen on 127.0.0.1")

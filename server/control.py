@@ -11,16 +11,23 @@ import json
 import logging
 import math
 
-from server.manager import LimitReached, SessionManager, UnknownSession
+from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
+from server.offers import OfferError
 from server.sources import BadName, UnknownSource
-from streaming.errors import InputError
+from streaming.errors import InputError, quoted
 from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.control")
 OPS = ("auth", "create", "swap_reference", "stats", "stop", "sessions", "sources", "subscribe", "unsubscribe",
        "ping")
 ERROR_CODES = {UnknownSource: "unknown_source", BadName: "bad_name", UnknownSession: "unknown_session",
-               LimitReached: "limit_reached"}
+               LimitReached: "limit_reached", GeneratorUnavailable: "generator_unavailable",
+               OfferError: "bad_offer"}
+MAX_DEPTH = 32  # nesting levels of a message; no op needs more than 2
+MAX_ID = 1 << 53  # a whole-number id must survive a JavaScript client's doubles
+MAX_NUMBER = 1e9  # larger numbers are no meaningful delay (and would overflow a float)
+MAX_AUTH_FAILURES = 3  # wrong tokens on one connection before it is closed
+MAX_MESSAGE_CHARS = 300  # an error message quotes back at most this much
 
 
 class ControlError(Exception):
@@ -38,9 +45,56 @@ def _field(message: dict, name: str, kinds: tuple, required: bool = True, defaul
     if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
         names = "/".join("number" if k in (int, float) else k.__name__ for k in kinds)
         raise ControlError("bad_request", f"{message.get('op')}: field {name!r} must be a {names}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ControlError("bad_request", f"{message.get('op')}: field {name!r} must be finite")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _reasonable(value):
+        raise ControlError("bad_request", f"{message.get('op')}: field {name!r} must be a finite number of at "
+                                          f"most {MAX_NUMBER:g} in size")
     return value
+
+
+def _reasonable(number: int | float) -> bool:
+    """A number a field can hold: finite and not huge (a 4,000-digit integer would overflow a float)."""
+    return abs(number) <= MAX_NUMBER if isinstance(number, int) else math.isfinite(number) and abs(number) <= MAX_NUMBER
+
+
+def _depth(value) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _parse(raw: str | bytes, max_bytes: int) -> dict:
+    """The JSON object of one raw message, its size counted in bytes; ControlError otherwise."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ControlError("too_large", f"message of {size} bytes: accepted are at most {max_bytes} bytes")
+    try:
+        message = json.loads(raw)
+    except RecursionError:
+        message = None  # nested deeper than Python's parser goes: refused below like any deep message
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ControlError("bad_json", f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc.reason}); "
+                                       "send one JSON object per message") from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise ControlError("bad_json", "a number with too many digits; send one JSON object per message") from None
+    if message is None or _depth(message) > MAX_DEPTH:
+        raise ControlError("too_deep", f"message nested too deeply: accepted are at most {MAX_DEPTH} levels")
+    if not isinstance(message, dict):
+        raise ControlError("bad_message", "a message is a JSON object with an 'op'")
+    return message
+
+
+def _request_id(message: dict):
+    request_id = message.get("id")
+    if request_id is None or isinstance(request_id, str) and len(request_id) <= 64 or (
+            isinstance(request_id, int) and not isinstance(request_id, bool) and abs(request_id) <= MAX_ID):
+        return request_id
+    raise ControlError("bad_request", "'id' must be a string of at most 64 characters or a whole number of "
+                                      "at most 2^53")
 
 
 class ControlChannel:
@@ -55,6 +109,8 @@ class ControlChannel:
         self.max_bytes = max_bytes
         self._compare = compare_token
         self.subscriptions: set[str] = set()
+        self.auth_failures = 0
+        self.closing = False  # set after too many wrong tokens: the transport closes the connection
 
     def wants(self, event: dict) -> bool:
         """Events of the sessions this client made or subscribed to, and server-wide events (e.g. MQTT)."""
@@ -65,23 +121,11 @@ class ControlChannel:
         """The reply to one raw message (never raises)."""
         request_id, op = None, None
         try:
-            if len(raw) > self.max_bytes:
-                raise ControlError("too_large", f"message of {len(raw)} bytes: accepted are at most "
-                                                f"{self.max_bytes}")
-            try:
-                message = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ControlError("bad_json", f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
-                                               "send one JSON object per message") from None
-            if not isinstance(message, dict):
-                raise ControlError("bad_message", "a message is a JSON object with an 'op'")
-            request_id = message.get("id")
-            if request_id is not None and not (isinstance(request_id, (str, int)) and len(str(request_id)) <= 64):
-                request_id = None
-                raise ControlError("bad_request", "'id' must be a string or a whole number (at most 64 chars)")
+            message = _parse(raw, self.max_bytes)
+            request_id = _request_id(message)
             op = message.get("op")
             if op not in OPS:
-                raise ControlError("unknown_op", f"unknown op {str(op)[:40]!r}: accepted are {', '.join(OPS)}")
+                raise ControlError("unknown_op", f"unknown op {quoted(op)}: accepted are {', '.join(OPS)}")
             if not self.authorized and op != "auth":
                 raise ControlError("unauthorized", "authenticate first: {\"op\": \"auth\", \"token\": ...}")
             result = await getattr(self, f"_op_{op}")(message)
@@ -99,7 +143,13 @@ class ControlChannel:
     async def _op_auth(self, message: dict) -> dict:
         token = _field(message, "token", (str,))
         if self._token is not None and not self._compare(token, self._token):
-            raise ControlError("unauthorized", "wrong token")
+            self.auth_failures += 1
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.closing = True
+                raise ControlError("unauthorized", f"wrong token ({self.auth_failures} times): closing the "
+                                                   "connection")
+            raise ControlError("unauthorized", f"wrong token ({self.auth_failures} of {MAX_AUTH_FAILURES} "
+                                               "tries before the connection is closed)")
         self.authorized = True
         return {}
 
@@ -158,5 +208,7 @@ class ControlChannel:
 
 
 def _error(request_id, op, code: str, message: str) -> dict:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
     return {"type": "error", "id": request_id, "op": op if isinstance(op, str) and op in OPS else None,
             "code": code, "message": message}

@@ -17,6 +17,7 @@ from typing import Callable
 
 from model.base import Tier
 from server.config import ServerConfig
+from server.offers import Offer
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
@@ -25,7 +26,7 @@ from streaming.livesource import LiveVideoSource
 from streaming.scheduler import DEFAULT_TIERS
 from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
 from streaming.source import VideoSource
-from streaming.workers import CpuSlots, GeneratorPool, GeneratorSpec
+from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
 GPU_GENERATORS = ("infinitetalk",)
@@ -36,6 +37,10 @@ IN_PROCESS_GENERATORS = ("passthrough",)
 # others have one cost, and their only cheaper rung is the fallback (or skipping the chunk).
 TIERS = {"infinitetalk": DEFAULT_TIERS}
 FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in a process of the session's own
+# Options without which a generator cannot be built: refused at once, not after a worker process
+# started and failed (seconds).
+REQUIRED_OPTIONS = {"infinitetalk": ("weights", "the infinitetalk generator needs --weights DIR (the "
+                                                "official release layout; see README)")}
 
 
 class UnknownSession(InputError):
@@ -44,6 +49,10 @@ class UnknownSession(InputError):
 
 class LimitReached(InputError):
     pass
+
+
+class GeneratorUnavailable(InputError):
+    """The generator cannot be built on this server (missing weights, or it failed before)."""
 
 
 @dataclasses.dataclass
@@ -74,6 +83,10 @@ class SessionManager:
         # A worker process of the default generator started ahead, so that creating a session does not
         # wait for a process to start and import its libraries (seconds).
         self._spare: tuple[asyncio.Task, GeneratorPool] | None = None
+        # What the generators turned out to be once started: lets a request be checked (its delay, a
+        # generator that failed to build) before it takes a worker.
+        self._profiles: dict[str, GeneratorProfile] = {}
+        self._unbuildable: dict[str, str] = {}
 
     # ---- events -----------------------------------------------------------------------------------------
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
@@ -99,12 +112,41 @@ class SessionManager:
         spec, mode = self._spec(name)
         async with self._pool_lock:
             if spec.name not in self._pools:
+                self._check_buildable(spec)
                 workers = self.config.workers or 1
                 pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions)
-                await pool.start()
+                try:
+                    await pool.start()
+                except GeneratorFailed as exc:  # a shared model that failed to load fails the same next time
+                    self._unbuildable[spec.name] = str(exc)
+                    raise
                 log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
                 self._pools[spec.name] = pool
             return self._pools[spec.name]
+
+    def _check_buildable(self, spec: GeneratorSpec) -> None:
+        required = REQUIRED_OPTIONS.get(spec.name)
+        if required is not None and not dict(spec.options).get(required[0]):
+            raise GeneratorUnavailable(required[1])
+        if spec.name in self._unbuildable:
+            raise GeneratorUnavailable(f"generator {spec.name} failed to start on this server: "
+                                       f"{self._unbuildable[spec.name][:200]}")
+
+    def _known_profiles(self, spec: GeneratorSpec) -> list[GeneratorProfile | None]:
+        """The profiles of the generator (and fallback) a session of ``spec`` would run; None if unknown."""
+        if self._spare is not None and self._spare[0].done() and self._spare[1].profile is not None:
+            self._profiles.setdefault(self._spare[1].profile.name, self._spare[1].profile)
+        names = [spec.name] + ([FALLBACK_GENERATOR] if spec.name in GPU_GENERATORS else [])
+        return [self._profiles.get(name) for name in names]
+
+    def _check_delay_early(self, spec: GeneratorSpec, delay: float | None) -> None:
+        """A delay refused before any worker is taken: exactly when the generator's margins are known,
+        else against the widest range any generator could accept."""
+        if delay is None:
+            return
+        profiles = self._known_profiles(spec)
+        right = widest_margins(*profiles).right if all(profiles) else 0.0
+        check_delay(delay, self.plan, right, self.settings)
 
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
@@ -161,6 +203,9 @@ class SessionManager:
         except BaseException:
             await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
             raise
+        for started in (pool, fallback):
+            if started is not None and started.profile is not None:
+                self._profiles.setdefault(started.profile.name, started.profile)
         return pool, fallback, owned
 
     # ---- sessions -----------------------------------------------------------------------------------------
@@ -180,13 +225,16 @@ class SessionManager:
     async def create(self, source: str | None, generator: str | None = None, delay: float | None = None,
                      live_video: bool = False) -> LiveSession:
         """A new session on library source ``source`` (or on live video from its WHIP ingest)."""
+        # Everything that can be refused is refused first, before a worker is taken or started.
+        path = None if live_video and source is None else self.library.path(source)
+        spec, _ = self._spec(generator)
+        self._check_buildable(spec)
+        self._check_delay_early(spec, delay)
         if len(self._entries) + self._creating >= self.config.max_sessions:
             raise LimitReached(f"session limit reached ({self.config.max_sessions}); stop one first")
         self._creating += 1
         owned: list[GeneratorPool] = []
         try:
-            path = None if live_video and source is None else self.library.path(source)
-            spec, _ = self._spec(generator)  # an unknown name fails here, before anything is built
             pool, fallback, owned = await self._session_pools(generator)
             margins = widest_margins(*(p.profile for p in (pool, fallback) if p is not None))
             delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
@@ -222,7 +270,7 @@ class SessionManager:
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: VideoSource(path, self.config.size, "loop", self.settings.keyframe_interval))
 
-    async def attach_ingest(self, session_id: str, offer: str) -> str:
+    async def attach_ingest(self, session_id: str, offer: Offer) -> str:
         """Answer a WHIP offer for an existing session (one ingest per session)."""
         entry = self._entry(session_id)
         if entry.ingest is not None:
@@ -235,7 +283,7 @@ class SessionManager:
         entry.ingest = peer
         return answer
 
-    async def add_viewer(self, session_id: str, offer: str) -> tuple[str, str]:
+    async def add_viewer(self, session_id: str, offer: Offer) -> tuple[str, str]:
         entry = self._entry(session_id)
         if len(entry.viewers) >= self.config.max_viewers:
             raise LimitReached(f"viewer limit reached for session {session_id} ({self.config.max_viewers})")

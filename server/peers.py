@@ -13,11 +13,10 @@ from typing import Callable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import SessionDescription
 
 from server.config import IceServer
+from server.offers import Offer, OfferError
 from server.tracks import SessionAudioTrack, SessionVideoTrack
-from streaming.errors import InputError
 from streaming.session import LiveSession
 
 log = logging.getLogger("livedub.peers")
@@ -40,24 +39,16 @@ def rtc_configuration(ice_servers: tuple[IceServer, ...]) -> RTCConfiguration:
                                         for s in ice_servers])
 
 
-def offered_media(sdp: str) -> dict[str, str]:
-    """Kind -> direction of each media section of an SDP offer; InputError when it is not SDP."""
+async def _set_offer(pc: RTCPeerConnection, offer: Offer) -> None:
+    """Apply a checked offer; anything aiortc still refuses is the offer's fault (a 400), not a bug."""
     try:
-        description = SessionDescription.parse(sdp)
-    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises assorted errors on garbage
-        raise InputError(f"bad SDP offer: {type(exc).__name__} ({str(exc)[:120]}); accepted is an SDP offer "
-                         "(RFC 8866) with audio and/or video media sections") from None
-    media = {}
-    for section in description.media:
-        if section.kind in ("audio", "video") and section.port != 0:
-            media.setdefault(section.kind, section.direction or "sendrecv")
-    if not media:
-        raise InputError("bad SDP offer: no audio or video media section")
-    return media
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+    except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, OperationError, KeyError...
+        raise OfferError(f"bad SDP offer: aiortc refused it ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
-async def _answer(pc: RTCPeerConnection, offer: str) -> str:
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+async def _answer(pc: RTCPeerConnection, offer: Offer) -> str:
+    await _set_offer(pc, offer)
     await pc.setLocalDescription(await pc.createAnswer())
     return pc.localDescription.sdp
 
@@ -91,19 +82,17 @@ class Peer:
         self.tasks.append(asyncio.create_task(_drain(track, handle), name=f"read-{track.kind}"))
 
     async def close(self) -> None:
+        self._gone = True  # closed by us: not "gone" (on_gone would remove it a second time)
         await self.pc.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def open_ingest(session: LiveSession, offer: str, ice_servers: tuple[IceServer, ...],
+async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[IceServer, ...],
                       on_gone: Callable[[], None]) -> tuple[Peer, str]:
     """Answer a WHIP offer: its audio feeds ``session``'s ingest, its video (if the session has a live
     source) the live source. ``on_gone`` runs once when the connection fails or closes."""
-    media = offered_media(offer)
-    if media.get("audio") not in ("sendonly", "sendrecv"):
-        raise InputError("bad WHIP offer: it sends no audio (a WHIP offer needs a sendonly audio section)")
     peer = Peer(ice_servers, on_gone)
 
     @peer.pc.on("track")
@@ -123,12 +112,9 @@ async def open_ingest(session: LiveSession, offer: str, ice_servers: tuple[IceSe
         raise
 
 
-async def open_viewer(session: LiveSession, viewer_id: str, offer: str,
+async def open_viewer(session: LiveSession, viewer_id: str, offer: Offer,
                       ice_servers: tuple[IceServer, ...], on_gone: Callable[[], None]) -> tuple[Peer, str]:
     """Answer a WHEP offer with the session's video and speech tracks."""
-    media = offered_media(offer)
-    if not any(direction in ("recvonly", "sendrecv") for direction in media.values()):
-        raise InputError("bad WHEP offer: it receives nothing (a WHEP offer needs recvonly video and/or audio)")
     peer = Peer(ice_servers, on_gone)
 
     @peer.pc.on("track")
@@ -136,14 +122,15 @@ async def open_viewer(session: LiveSession, viewer_id: str, offer: str,
         peer.read(track, None)  # a viewer sending media: read and drop it
 
     try:
-        await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await _set_offer(peer.pc, offer)
         for transceiver in peer.pc.getTransceivers():
-            if transceiver.kind == "video" and "video" in media:
+            if transceiver.kind == "video" and "video" in offer.media:
                 peer.pc.addTrack(SessionVideoTrack(session, viewer_id))
-            elif transceiver.kind == "audio" and "audio" in media:
+            elif transceiver.kind == "audio" and "audio" in offer.media:
                 peer.pc.addTrack(SessionAudioTrack(session, viewer_id))
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
         return peer, peer.pc.localDescription.sdp
     except Exception:
+        session.viewers.pop(viewer_id, None)  # the tracks registered the viewer
         await peer.close()
         raise

@@ -72,6 +72,7 @@ def settings_from(args: argparse.Namespace) -> dict:
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.INFO)  # its DEBUG lines carry whole SDPs, ICE passwords too
     settings = settings_from(args)
     demo_speech = None
     if args.demo and not settings.get("sources"):

@@ -71,7 +71,7 @@ class GeneratorSpec:
         the fallback's spec (the caller warns)."""
         registry = GENERATORS if registry is None else registry
         if name not in registry:
-            raise InputError(f"unknown generator {name!r}: accepted are {', '.join(registry)}")
+            raise InputError(f"unknown generator {str(name)[:40]!r}: accepted are {', '.join(registry)}")
         module, factory, _ = registry[name]
         if importlib.util.find_spec(module) is None:
             if fallback is None or fallback == name:
