@@ -36,7 +36,7 @@ from server.httplog import AccessLogger, http_logger
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
 from server.mqtt import MqttBridge
-from server.offers import Offer, check_offer
+from server.offers import Offer, OfferError, check_offer
 from server.sources import SourceLibrary, UnknownSource
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError, quoted
@@ -214,7 +214,7 @@ class LiveServer:
         try:
             return check_offer(body.decode("utf-8"), role)
         except UnicodeDecodeError:
-            raise InputError("bad SDP offer: not UTF-8 text") from None
+            raise OfferError("bad SDP offer: not UTF-8 text") from None
 
     @staticmethod
     def _sdp_created(answer: str, location: str, **headers) -> web.Response:

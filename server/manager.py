@@ -276,7 +276,8 @@ class SessionManager:
         if entry.ingest is not None:
             raise LimitReached(f"session {session_id} already has its ingest")
         session = entry.session
-        peer, answer = await open_ingest(session, offer, self.config.ice_servers, session.end_ingest)
+        peer, answer = await open_ingest(session, offer, self.config.ice_servers, session.end_ingest,
+                                         self.config.connect_timeout)
         if entry.ingest is not None or session.state == "ended":
             await peer.close()
             raise LimitReached(f"session {session_id} already has its ingest")
@@ -289,7 +290,8 @@ class SessionManager:
             raise LimitReached(f"viewer limit reached for session {session_id} ({self.config.max_viewers})")
         viewer_id = secrets.token_hex(6)
         peer, answer = await open_viewer(entry.session, viewer_id, offer, self.config.ice_servers,
-                                         lambda: asyncio.ensure_future(self.remove_viewer(session_id, viewer_id)))
+                                         lambda: asyncio.ensure_future(self._viewer_gone(session_id, viewer_id)),
+                                         self.config.connect_timeout)
         if session_id not in self._entries:
             await peer.close()
             raise UnknownSession(f"session {session_id} has ended")
@@ -303,6 +305,10 @@ class SessionManager:
             raise UnknownSession(f"unknown viewer {str(viewer_id)[:40]!r} of session {session_id}")
         entry.session.viewers.pop(viewer_id, None)
         await peer.close()
+
+    async def _viewer_gone(self, session_id: str, viewer_id: str) -> None:
+        if viewer_id in getattr(self._entries.get(session_id), "viewers", {}):
+            await self.remove_viewer(session_id, viewer_id)
 
     async def stop(self, session_id: str, reason: str = "stopped") -> None:
         entry = self._entry(session_id)

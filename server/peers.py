@@ -65,24 +65,42 @@ async def _drain(track: MediaStreamTrack, handle: Callable | None) -> None:
 
 
 class Peer:
-    """One peer connection and the tasks reading its received tracks."""
+    """One peer connection and the tasks reading its received tracks. It is gone when its connection
+    fails or closes, or is not up ``connect_timeout`` seconds after the answer (an offer whose
+    candidates cannot be reached would otherwise hold its session, and a worker, until the idle timeout)."""
 
-    def __init__(self, ice_servers: tuple[IceServer, ...], on_gone: Callable[[], None]) -> None:
+    def __init__(self, ice_servers: tuple[IceServer, ...], on_gone: Callable[[], None],
+                 connect_timeout: float) -> None:
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.tasks: list[asyncio.Task] = []
         self._gone = False
+        self._on_gone = on_gone
+        self._deadline = asyncio.get_running_loop().call_later(connect_timeout, self._not_connected)
 
         @self.pc.on("connectionstatechange")
         def on_state() -> None:
-            if self.pc.connectionState in FAILED_STATES and not self._gone:
-                self._gone = True
-                on_gone()
+            if self.pc.connectionState == "connected":
+                self._deadline.cancel()
+            elif self.pc.connectionState in FAILED_STATES:
+                self._report_gone()
+
+    def _not_connected(self) -> None:
+        if self.pc.connectionState != "connected":
+            log.info("peer not connected in time (%s): giving up", self.pc.connectionState)
+            self._report_gone()
+
+    def _report_gone(self) -> None:
+        if not self._gone:
+            self._gone = True
+            self._deadline.cancel()
+            self._on_gone()
 
     def read(self, track: MediaStreamTrack, handle: Callable | None) -> None:
         self.tasks.append(asyncio.create_task(_drain(track, handle), name=f"read-{track.kind}"))
 
     async def close(self) -> None:
         self._gone = True  # closed by us: not "gone" (on_gone would remove it a second time)
+        self._deadline.cancel()
         await self.pc.close()
         for task in self.tasks:
             task.cancel()
@@ -90,10 +108,10 @@ class Peer:
 
 
 async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[IceServer, ...],
-                      on_gone: Callable[[], None]) -> tuple[Peer, str]:
+                      on_gone: Callable[[], None], connect_timeout: float) -> tuple[Peer, str]:
     """Answer a WHIP offer: its audio feeds ``session``'s ingest, its video (if the session has a live
     source) the live source. ``on_gone`` runs once when the connection fails or closes."""
-    peer = Peer(ice_servers, on_gone)
+    peer = Peer(ice_servers, on_gone, connect_timeout)
 
     @peer.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -113,9 +131,10 @@ async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[Ice
 
 
 async def open_viewer(session: LiveSession, viewer_id: str, offer: Offer,
-                      ice_servers: tuple[IceServer, ...], on_gone: Callable[[], None]) -> tuple[Peer, str]:
+                      ice_servers: tuple[IceServer, ...], on_gone: Callable[[], None],
+                      connect_timeout: float) -> tuple[Peer, str]:
     """Answer a WHEP offer with the session's video and speech tracks."""
-    peer = Peer(ice_servers, on_gone)
+    peer = Peer(ice_servers, on_gone, connect_timeout)
 
     @peer.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:

@@ -39,6 +39,8 @@ def add_serve(commands) -> None:
     add("--max-viewers", type=int, metavar="N", help="WHEP viewers per session (default 8)")
     add("--idle-timeout", type=float, metavar="SECONDS", help="end a session after this long without "
                                                               "ingest audio (default 60)")
+    add("--connect-timeout", type=float, metavar="SECONDS", help="drop a WebRTC peer not connected this long "
+                                                                 "after its answer (default 20)")
     add("--token", help="bearer token required on WHIP/WHEP/control/metrics (prefer --token-file)")
     add("--token-file", metavar="FILE", help="read the bearer token from FILE (or set LIVEDUB_TOKEN)")
     add("--ice-server", action="append", metavar="URL", help="STUN/TURN server, repeatable: stun:HOST:PORT, "

@@ -213,3 +213,35 @@ def test_token_files_with_crlf_are_stripped_and_bad_tokens_refused(tmp_path, cap
     for bad in ("two words", "tab\tinside", "bell\x07"):
         with pytest.raises(InputError, match="bad token"):
             build_config({"token": bad})
+
+
+async def _until(condition, limit: float = 20.0) -> bool:
+    """Polls ``condition`` (a guard against hanging, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    return condition()
+
+
+async def test_a_peer_that_never_connects_gives_its_session_back(tmp_path, loopback):
+    server = await start_server(str(tmp_path / "sources"), token=TOKEN, connect_timeout=1.0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url + "whip?source=red", data=await whip_offer(), headers=SDP) as r:
+                assert r.status == 201  # a valid offer from a peer that is gone before it could connect
+            session_id = r.headers["X-Livedub-Session"]
+            viewer = RTCPeerConnection()
+            viewer.addTransceiver("video", direction="recvonly")
+            await viewer.setLocalDescription(await viewer.createOffer())
+            await viewer.close()
+            async with http.post(server.url + f"whep/{session_id}", data=viewer.localDescription.sdp,
+                                 headers=SDP) as r:
+                assert r.status == 201
+            session = server.manager.get(session_id)
+            assert len(session.viewers) == 1
+            assert await _until(lambda: not session.viewers)  # the viewer is dropped
+            assert await _until(lambda: not server.manager.sessions)  # the ingest too: the session ends
+            assert session.end_reason == "ingest_ended"
+    finally:
+        await server.stop()
