@@ -439,9 +439,10 @@ def test_the_session_beside_kept_its_25_fps(rig):
     seen = rig.run(sample())
     assert seen["state"] == "running" and seen["viewers"] == 1
     # Frames received against frames the session clock made due: generous slack for a busy machine
-    # (encoding and the fuzz share the loop), but a stalled session would fall far short.
-    assert 0.7 * seen["due"] - 25 <= seen["received"] <= seen["due"] + 25, seen
+    # (the fuzz, the server and the encoder share one process; the track skips ahead when its loop is
+    # late), but a session stalled by the fuzz would fall far short or show a long gap.
+    assert 0.5 * seen["due"] - 25 <= seen["received"] <= seen["due"] + 25, seen
     steps = np.diff(rig.video_pts)
-    assert np.median(steps) == 3600  # 90 kHz / 25 fps
+    assert np.median(steps) == 3600 and steps.max() <= 5 * 90_000, steps.max()  # 25 fps at 90 kHz; no stall
     print(f"session beside the fuzzing: {seen['received']} frames received, {seen['due']:.0f} due; "
           f"generated cases run: {dict(RAN)}, {sum(RAN.values())} in all")
