@@ -16,6 +16,8 @@ in the same event loop as aiortc (whose own examples use it).
   GET  /control               the control websocket (JSON)
 With a token configured, everything but the page and /healthz needs ``Authorization: Bearer TOKEN``
 (the websocket also accepts ``{"op": "auth", "token": ...}`` as its first message, for browsers).
+Every HTTP error, aiohttp's own included, is ``{"error": CODE, "message": ONE LINE}``; offers are
+checked (server/offers.py) before a session exists.
 """
 
 from __future__ import annotations
