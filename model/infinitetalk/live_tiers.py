@@ -7,7 +7,9 @@ Best first (the scheduler takes the first that fits the time left before the chu
   official README gives;
 - ``steps4``: 4 steps, CFG-free (1 pass): the step- and CFG-distilled setting (lightx2v);
 - ``steps4_half``: the same at half the output size (upscaled back): the DiT's token count drops 4x and
-  its attention 16x, the VAE decode 4x.
+  its attention 16x, the VAE decode 4x;
+- ``draft``: 2 steps at half size, the last rung before the session's fallback: blurrier, but it keeps
+  one H100 live at the default 5.5 s budget (see ``livedub plan``).
 
 A tier not cheaper than the one above it (e.g. ``steps8`` when the configured sampler already has 4
 steps) is left out. ``PriorCosts`` predicts each tier's chunk time on the generator's hardware; the live
@@ -29,6 +31,7 @@ LIVE_TIERS: tuple[Tier, ...] = (
     Tier("steps8", steps=8, text_guidance=1.0),
     Tier("steps4", steps=4, text_guidance=1.0, audio_guidance=1.0),
     Tier("steps4_half", steps=4, text_guidance=1.0, audio_guidance=1.0, scale=0.5),
+    Tier("draft", steps=2, text_guidance=1.0, audio_guidance=1.0, scale=0.5),
 )
 
 
