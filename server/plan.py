@@ -67,12 +67,11 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def min_delay(chunk_seconds: float, frames: int, context: int, lookahead: float) -> float:
     """The smallest ``serve --delay`` in which a chunk of this cost fits with the scheduler's safety factor."""
-    from streaming.scheduler import Scheduler
+    from streaming.scheduler import SAFETY
     from streaming.session import SessionSettings
 
     s = SessionSettings()
-    return (chunk_seconds * Scheduler((SessionSettings().tiers[0],)).safety + (frames - context) / FPS + lookahead
-            + s.capture_grace + s.playout_margin + s.lead)
+    return chunk_seconds * SAFETY + (frames - context) / FPS + lookahead + s.capture_grace + s.playout_margin + s.lead
 
 
 def make_report(width: int, height: int, frames: int, steps: int, passes: int, gpu_kind: str, gpus: int,

@@ -34,6 +34,9 @@ DEFAULT_TIERS: tuple[Tier, ...] = (
 )
 
 
+SAFETY = 1.2  # estimates are multiplied by this before comparing with the time left
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     tier: Tier | None  # None: skip the chunk (its slot plays the fallback)
@@ -51,7 +54,7 @@ class Decision:
 
 
 class Scheduler:
-    def __init__(self, tiers: Sequence[Tier] = DEFAULT_TIERS, safety: float = 1.2, smoothing: float = 0.5,
+    def __init__(self, tiers: Sequence[Tier] = DEFAULT_TIERS, safety: float = SAFETY, smoothing: float = 0.5,
                  recovery: float = 0.9, priors: Mapping[str, float] | None = None) -> None:
         if not tiers:
             raise ValueError("the tier ladder is empty")

@@ -163,3 +163,22 @@ def test_profile_carries_the_simulated_ladder_and_priors_across_processes():
     expected = chunk_time(Hardware(gpu("h100"), 2), DEFAULT_EFFICIENCY, 480, 480, 4, 1).chunk_seconds
     assert priors["steps4"] == pytest.approx(expected) and math.isfinite(priors["full"])
     assert GeneratorProfile.of(object()).priors((480, 480), 81, 9) == {}
+
+
+def test_generator_declaration_reads_the_calibration_and_survives_a_broken_one(tmp_path, monkeypatch, caplog):
+    from model.infinitetalk.live_tiers import declare_ladder
+
+    monkeypatch.setenv("LIVEDUB_CALIBRATION", str(tmp_path / "none.json"))
+    tiers, priors = declare_ladder(40, 5.0, 4.0, None)
+    assert [t.name for t in tiers] == ["full", "steps8", "steps4", "steps4_half", "draft"] and priors is None
+    tiers, priors = declare_ladder(40, 5.0, 4.0, "NVIDIA H100 80GB HBM3", count=4)
+    assert priors.hardware == Hardware(gpu("h100"), 4) and priors.efficiency == DEFAULT_EFFICIENCY
+    stages = chunk_flops(480, 480)
+    slow = {stage: 1.0 for stage in STAGES}  # one second a stage: far below the default efficiencies
+    write_calibration(tmp_path / "none.json", "NVIDIA H100 80GB HBM3", "bf16", (480, 480), 81, slow)
+    _, calibrated = declare_ladder(40, 5.0, 4.0, "NVIDIA H100 80GB HBM3", count=4)
+    assert calibrated.efficiency.dit == pytest.approx(stages.dit.total / gpu("h100").bf16_flops)
+    assert calibrated.seconds((480, 480))["steps4"] > priors.seconds((480, 480))["steps4"]
+    (tmp_path / "none.json").write_text("{")
+    _, fallback = declare_ladder(40, 5.0, 4.0, "NVIDIA H100 80GB HBM3")
+    assert fallback.efficiency == DEFAULT_EFFICIENCY and "bad calibration file" in caplog.text

@@ -17,11 +17,10 @@ from server.config import build_config
 from streaming.chunker import Chunk, ChunkPlan
 from streaming.errors import InputError
 from streaming.replay import replay
-from streaming.scheduler import Scheduler
+from streaming.scheduler import SAFETY
 from streaming.session import SessionSettings
 
 SIZE = (480, 480)
-SAFETY = Scheduler((Tier(),)).safety
 
 
 def simulated(hardware: str, slept: list | None = None) -> SimulatedGenerator:
