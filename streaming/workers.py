@@ -109,7 +109,13 @@ class GeneratorProfile:
     def priors(self, size: tuple[int, int], frames: int, context: int) -> dict[str, float]:
         """Tier name -> predicted seconds of a chunk of ``frames`` (``context`` carried over) at output
         ``size`` (height, width); empty when the generator declares none."""
-        return {} if self.prior_costs is None else dict(self.prior_costs.seconds(size, frames, context))
+        if self.prior_costs is None:
+            return {}
+        try:
+            return dict(self.prior_costs.seconds(size, frames, context))
+        except ValueError as exc:  # a size or window the cost model cannot take: the tiers are measured instead
+            log.warning("no prior tier costs for %s at %s: %s", self.name, size, exc)
+            return {}
 
 
 def _describe(exc: BaseException) -> str:

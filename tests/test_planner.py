@@ -163,6 +163,7 @@ def test_profile_carries_the_simulated_ladder_and_priors_across_processes():
     expected = chunk_time(Hardware(gpu("h100"), 2), DEFAULT_EFFICIENCY, 480, 480, 4, 1).chunk_seconds
     assert priors["steps4"] == pytest.approx(expected) and math.isfinite(priors["full"])
     assert GeneratorProfile.of(object()).priors((480, 480), 81, 9) == {}
+    assert profile.priors((480, 470), 81, 9) == {}  # a size the model cannot take: no priors, no failure
 
 
 def test_generator_declaration_reads_the_calibration_and_survives_a_broken_one(tmp_path, monkeypatch, caplog):
