@@ -13,6 +13,8 @@ GENERATORS: dict[str, tuple[str, str, str]] = {
     "lite": ("model.lite", "build", "CPU mouth re-animation from the speech; no downloads (default)"),
     "infinitetalk": ("model.infinitetalk", "build", "the InfiniteTalk 14B DiT; needs --weights and a GPU"),
     "passthrough": ("model.passthrough", "build", "the source frames unchanged (a fallback and for tests)"),
+    "simulated": ("model.simulated", "build", "a simulated GPU machine (--simulate h100x8): costs what the "
+                                              "planner predicts, returns the reference"),
 }
 
 

@@ -154,7 +154,13 @@ def _run_conformance(args: argparse.Namespace) -> int:
     return 1 if run(args.folder).failures else 0
 
 
-SUBCOMMANDS = [_add_dub, _add_demo, _add_conformance, _add_serve, _add_client]
+def _add_plan(commands) -> None:
+    from server.plan import add_plan
+
+    add_plan(commands)
+
+
+SUBCOMMANDS = [_add_dub, _add_demo, _add_conformance, _add_serve, _add_client, _add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -210,9 +210,27 @@ def build_config(settings: dict) -> ServerConfig:
     options = dict(s.get("generator_options", {}))  # the file's [generator_options] table
     options.update(dict(s.get("generator_option", [])))  # --generator-option KEY=VALUE
     options.update({k: v for k, v in (("weights", s.get("weights")), ("device", s.get("device"))) if v})
+    if s.get("simulate"):
+        merged["generator"] = _simulated_generator(s, options)
     return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())),
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
                         ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s))
+
+
+def _simulated_generator(s: dict, options: dict) -> str:
+    """``--simulate KINDxN``: a shorthand for ``--generator simulated --generator-option simulate=KINDxN``."""
+    from model.gpus import parse_gpus
+
+    generator = s.get("generator", "simulated")
+    if generator != "simulated":
+        raise InputError(f"--simulate goes with the simulated generator, not {generator!r}: drop --generator or "
+                         "give --generator simulated")
+    try:
+        gpu, count = parse_gpus(s["simulate"])
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    options["simulate"] = f"{gpu.kind}x{count}"
+    return generator
 
 
 def _mqtt_config(s: dict) -> MqttConfig | None:
@@ -241,5 +259,5 @@ KNOWN_KEYS = {
     "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "connect_timeout", "token", "token_file", "ice_server", "ice_servers",
     "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
     "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_stats_interval", "max_message_bytes",
-    "max_sdp_bytes",
+    "max_sdp_bytes", "simulate",
 }

@@ -23,19 +23,21 @@ from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
-from streaming.scheduler import DEFAULT_TIERS
 from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
 from streaming.source import VideoSource
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
 GPU_GENERATORS = ("infinitetalk",)
+# Generators whose one instance serves every session: the GPU models (one model load), and the simulated
+# GPU (one simulated machine, so sessions queue for it as they would for the real one).
+SHARED_GENERATORS = GPU_GENERATORS + ("simulated",)
 # Generators cheap enough to run in a thread of the server: the rest get a process (the GIL would
-# otherwise serialise them with the WebRTC work of every session).
-IN_PROCESS_GENERATORS = ("passthrough",)
-# Tier ladders for generators that do not declare their own: the diffusion model has steps to cut; the
-# others have one cost, and their only cheaper rung is the fallback (or skipping the chunk).
-TIERS = {"infinitetalk": DEFAULT_TIERS}
+# otherwise serialise them with the WebRTC work of every session). The simulated GPU only sleeps.
+IN_PROCESS_GENERATORS = ("passthrough", "simulated")
+# Generators that declare no tier ladder have one cost: their only cheaper rung is the fallback (or
+# skipping the chunk). Those with steps to cut (infinitetalk, simulated) declare their own.
+SINGLE_TIER = (Tier("full"),)
 FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in a process of the session's own
 # Options without which a generator cannot be built: refused at once, not after a worker process
 # started and failed (seconds).
@@ -151,7 +153,7 @@ class SessionManager:
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
         spec, mode = self._spec(None)
-        if spec.name in GPU_GENERATORS:
+        if spec.name in SHARED_GENERATORS:
             await self.pool()
         else:
             self._start_spare(spec, mode)
@@ -184,11 +186,11 @@ class SessionManager:
     async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
         """The session's generator pool and fallback pool, and those it owns. CPU generators get an
         instance per session (they may keep per-stream state, e.g. face tracking), in a thread or a
-        process of the session's own; GPU generators are shared (one model load)."""
+        process of the session's own; GPU generators are shared (one model load), and so is the simulated GPU."""
         spec, mode = self._spec(name)
         owned: list[GeneratorPool] = []
         try:
-            if spec.name in GPU_GENERATORS:
+            if spec.name in SHARED_GENERATORS:
                 pool = await self.pool(name)
             else:
                 pool = await self._session_pool(spec, mode)
@@ -239,7 +241,7 @@ class SessionManager:
             margins = widest_margins(*(p.profile for p in (pool, fallback) if p is not None))
             delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
                                 self.settings)
-            tiers = pool.profile.tiers or TIERS.get(pool.profile.name, (Tier("full"),))
+            tiers = pool.profile.tiers or SINGLE_TIER
             settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers)
             if path is None or live_video:
                 media, name = LiveVideoSource(self.config.size), "live"

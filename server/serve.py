@@ -28,6 +28,8 @@ def add_serve(commands) -> None:
     from server.cli import add_generator_options
 
     add_generator_options(parser, default=None)
+    add("--simulate", metavar="KINDxN", help="simulate N GPUs of KIND (e.g. h100x8) with the simulated generator: "
+                                            "chunks cost what `livedub plan` predicts (implies --generator simulated)")
     add("--worker", choices=("auto", "thread", "process"), help="where generators run (default auto: a "
                                                                "process, except the trivial passthrough)")
     add("--workers", type=int, metavar="N", help="instances of a shared GPU generator (default 1)")

@@ -11,12 +11,17 @@ throughput (spec/realtime.md).
 Costs are measured from submission to result, queueing included, and smoothed per tier. A tier's
 estimate is only refreshed when it runs, so estimates of better tiers not run lately shrink a little
 each chunk: the scheduler tries them again once the load has gone, instead of staying degraded forever.
+
+A generator may declare prior costs (the capacity planner's prediction for its hardware, model/planner.py):
+a tier not measured yet is judged by its prior instead of being tried blind, and its first measurement
+replaces the prior. Priors do not shrink: they predict the idle hardware, so there is no load to wait out
+(a tier the planner rules out is not tried at all; a calibration file makes the planner right).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from model.base import Tier
 
@@ -27,6 +32,9 @@ DEFAULT_TIERS: tuple[Tier, ...] = (
     Tier("fast", steps=4, scale=0.75),
     Tier("draft", steps=2, scale=0.5),
 )
+
+
+SAFETY = 1.2  # estimates are multiplied by this before comparing with the time left
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,18 +54,24 @@ class Decision:
 
 
 class Scheduler:
-    def __init__(self, tiers: Sequence[Tier] = DEFAULT_TIERS, safety: float = 1.2, smoothing: float = 0.5,
-                 recovery: float = 0.9) -> None:
+    def __init__(self, tiers: Sequence[Tier] = DEFAULT_TIERS, safety: float = SAFETY, smoothing: float = 0.5,
+                 recovery: float = 0.9, priors: Mapping[str, float] | None = None) -> None:
         if not tiers:
             raise ValueError("the tier ladder is empty")
         self.tiers = tuple(tiers)
         self.safety = safety  # estimates are multiplied by this before comparing with the time left
         self.smoothing = smoothing  # weight of the newest measurement
         self.recovery = recovery  # per-chunk shrink of estimates of better tiers not run
-        self._estimate: dict[str, float] = {}
+        names = {tier.name for tier in self.tiers}
+        self._estimate: dict[str, float] = {name: float(cost) for name, cost in (priors or {}).items() if name in names}
+        self._measured: set[str] = set()  # tiers whose estimate comes from running them
 
     def estimate(self, tier: Tier) -> float | None:
         return self._estimate.get(tier.name)
+
+    def measured(self, tier: Tier) -> bool:
+        """Whether the tier's estimate is measured (not a prior)."""
+        return tier.name in self._measured
 
     def choose(self, time_left: float) -> Decision:
         """The best tier whose estimated cost (with the safety factor) fits in ``time_left`` seconds;
@@ -78,11 +92,12 @@ class Scheduler:
 
     def _relax(self, chosen: int) -> None:
         for tier in self.tiers[:chosen]:
-            if tier.name in self._estimate:
+            if tier.name in self._measured:
                 self._estimate[tier.name] *= self.recovery
 
     def record(self, tier: Tier, seconds: float) -> None:
-        """A chunk at ``tier`` took ``seconds`` from submission to result."""
-        old = self._estimate.get(tier.name)
+        """A chunk at ``tier`` took ``seconds`` from submission to result (the first replaces any prior)."""
+        old = self._estimate.get(tier.name) if tier.name in self._measured else None
         self._estimate[tier.name] = seconds if old is None else (
             self.smoothing * seconds + (1 - self.smoothing) * old)
+        self._measured.add(tier.name)

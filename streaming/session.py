@@ -160,7 +160,8 @@ class LiveSession:
         self.engine = ChunkEngine(source if self.live is None else None, self.profile, plan,
                                   settings.keyframe_interval, settings.color_correction, settings.seed)
         ladder = tuple(settings.tiers) + ((Tier(FALLBACK_TIER),) if fallback_pool is not None else ())
-        self.scheduler = Scheduler(ladder)
+        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one.
+        self.scheduler = Scheduler(ladder, priors=self.profile.priors(self._source_size(), plan.window, plan.context))
         idle = np.zeros((*self._source_size(), 3), np.uint8)
         self.timeline = OutputTimeline(plan, idle)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")

@@ -93,6 +93,9 @@ class GeneratorProfile:
     default_color_correction: float
     applies_color_correction: bool
     tiers: tuple | None = None  # the generator's own tier ladder, when it declares one
+    # The predicted cost of its tiers on its hardware, when it declares it: an object whose
+    # ``seconds(size, frames, context)`` maps tier names to seconds per chunk (model/infinitetalk/live_tiers.py).
+    prior_costs: object | None = None
 
     @classmethod
     def of(cls, generator) -> "GeneratorProfile":
@@ -101,7 +104,18 @@ class GeneratorProfile:
                    getattr(generator, "audio_margins", AudioMargins()),
                    float(getattr(generator, "default_color_correction", 0.0)),
                    bool(getattr(generator, "applies_color_correction", False)),
-                   tuple(tiers) if tiers else None)
+                   tuple(tiers) if tiers else None, getattr(generator, "prior_costs", None))
+
+    def priors(self, size: tuple[int, int], frames: int, context: int) -> dict[str, float]:
+        """Tier name -> predicted seconds of a chunk of ``frames`` (``context`` carried over) at output
+        ``size`` (height, width); empty when the generator declares none."""
+        if self.prior_costs is None:
+            return {}
+        try:
+            return dict(self.prior_costs.seconds(size, frames, context))
+        except ValueError as exc:  # a size or window the cost model cannot take: the tiers are measured instead
+            log.warning("no prior tier costs for %s at %s: %s", self.name, size, exc)
+            return {}
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from model.infinitetalk.acceleration import place_transformer
 from model.infinitetalk.audio_features import SAMPLES_PER_FRAME, chunk_features
 from model.infinitetalk.components import Components, load_components
 from model.infinitetalk.layout import WeightsLayout
+from model.infinitetalk.live_tiers import declare_ladder
 from model.infinitetalk.lora import DEFAULT_SCALE, merge_lora
 from model.infinitetalk.pipeline import ChunkConditions, ChunkPipeline, SamplingSettings
 from model.infinitetalk.sampler import Guidance
@@ -74,6 +75,9 @@ class InfiniteTalkGenerator:
         self.default_color_correction = options.color_correction
         self.prompt = components.prompts(options.prompt)
         self.negative = components.prompts(options.negative_prompt)
+        # The live tier ladder, with the capacity planner's cost of each tier on this GPU as the scheduler's prior.
+        self.tiers, self.prior_costs = declare_ladder(options.steps, options.text_guidance, options.audio_guidance,
+                                                      torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
     def settings(self, request: ChunkRequest) -> SamplingSettings:
         o, tier = self.options, request.tier
