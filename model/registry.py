@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 
 from model.base import Generator
-from streaming.errors import InputError
+from model.errors import InputError
+from model.serving import ServingNeeds
 
 # name -> (module, factory, one-line description)
 GENERATORS: dict[str, tuple[str, str, str]] = {
@@ -16,6 +17,25 @@ GENERATORS: dict[str, tuple[str, str, str]] = {
     "simulated": ("model.simulated", "build", "a simulated GPU machine (--simulate h100x8): costs what the "
                                               "planner predicts, returns the reference"),
 }
+
+
+# name -> what the server needs to serve it; a name not listed (a test's generator) gets the defaults:
+# a CPU generator in a process of each session's own, warmed up on the session's source.
+SERVING: dict[str, ServingNeeds] = {
+    "lite": ServingNeeds(),
+    "infinitetalk": ServingNeeds(
+        device="cuda", shared=True, fallback="lite",
+        required_options=(("weights", "the infinitetalk generator needs --weights DIR (the official release "
+                                      "layout; see README)"),)),
+    "passthrough": ServingNeeds(worker="thread"),
+    # One simulated machine shared by every session, so sessions queue for it as for a real GPU; it only
+    # sleeps (a thread does), and its costs are the planner's priors (nothing to warm).
+    "simulated": ServingNeeds(worker="thread", shared=True, warm_up=False),
+}
+
+
+def serving_needs(name: str) -> ServingNeeds:
+    return SERVING.get(name, ServingNeeds())
 
 
 def generator_names() -> list[str]:

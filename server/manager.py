@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 from model.base import Tier
+from model.registry import serving_needs
 from server.config import ServerConfig
 from server.offers import Offer
 from server.peers import Peer, open_ingest, open_viewer
@@ -28,21 +29,9 @@ from streaming.source import VideoSource
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
-GPU_GENERATORS = ("infinitetalk",)
-# Generators whose one instance serves every session: the GPU models (one model load), and the simulated
-# GPU (one simulated machine, so sessions queue for it as they would for the real one).
-SHARED_GENERATORS = GPU_GENERATORS + ("simulated",)
-# Generators cheap enough to run in a thread of the server: the rest get a process (the GIL would
-# otherwise serialise them with the WebRTC work of every session). The simulated GPU only sleeps.
-IN_PROCESS_GENERATORS = ("passthrough", "simulated")
 # Generators that declare no tier ladder have one cost: their only cheaper rung is the fallback (or
 # skipping the chunk). Those with steps to cut (infinitetalk, simulated) declare their own.
 SINGLE_TIER = (Tier("full"),)
-FALLBACK_GENERATOR = "lite"  # a GPU session's cheaper generator, run in a process of the session's own
-# Options without which a generator cannot be built: refused at once, not after a worker process
-# started and failed (seconds).
-REQUIRED_OPTIONS = {"infinitetalk": ("weights", "the infinitetalk generator needs --weights DIR (the "
-                                                "official release layout; see README)")}
 
 
 class UnknownSession(InputError):
@@ -105,8 +94,7 @@ class SessionManager:
     # ---- generators ---------------------------------------------------------------------------------------
     def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
         spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
-        mode = self.config.worker if self.config.worker != "auto" else (
-            "thread" if spec.name in IN_PROCESS_GENERATORS else "process")
+        mode = self.config.worker if self.config.worker != "auto" else serving_needs(spec.name).worker
         return spec, mode
 
     async def pool(self, name: str | None = None) -> GeneratorPool:
@@ -127,9 +115,10 @@ class SessionManager:
             return self._pools[spec.name]
 
     def _check_buildable(self, spec: GeneratorSpec) -> None:
-        required = REQUIRED_OPTIONS.get(spec.name)
-        if required is not None and not dict(spec.options).get(required[0]):
-            raise GeneratorUnavailable(required[1])
+        try:
+            serving_needs(spec.name).check_options(dict(spec.options))
+        except InputError as exc:
+            raise GeneratorUnavailable(str(exc)) from None
         if spec.name in self._unbuildable:
             raise GeneratorUnavailable(f"generator {spec.name} failed to start on this server: "
                                        f"{self._unbuildable[spec.name][:200]}")
@@ -138,7 +127,8 @@ class SessionManager:
         """The profiles of the generator (and fallback) a session of ``spec`` would run; None if unknown."""
         if self._spare is not None and self._spare[0].done() and self._spare[1].profile is not None:
             self._profiles.setdefault(self._spare[1].profile.name, self._spare[1].profile)
-        names = [spec.name] + ([FALLBACK_GENERATOR] if spec.name in GPU_GENERATORS else [])
+        fallback = serving_needs(spec.name).fallback
+        names = [spec.name] + ([fallback] if fallback else [])
         return [self._profiles.get(name) for name in names]
 
     def _check_delay_early(self, spec: GeneratorSpec, delay: float | None) -> None:
@@ -153,7 +143,7 @@ class SessionManager:
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
         spec, mode = self._spec(None)
-        if spec.name in SHARED_GENERATORS:
+        if serving_needs(spec.name).shared:
             await self.pool()
         else:
             self._start_spare(spec, mode)
@@ -184,22 +174,24 @@ class SessionManager:
         return pool
 
     async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
-        """The session's generator pool and fallback pool, and those it owns. CPU generators get an
-        instance per session (they may keep per-stream state, e.g. face tracking), in a thread or a
-        process of the session's own; GPU generators are shared (one model load), and so is the simulated GPU."""
+        """The session's generator pool and fallback pool, and those it owns. A generator declared shared
+        (a GPU model: one load) serves every session from one pool; the others get an instance per
+        session (they may keep per-stream state, e.g. face tracking), in a thread or a process of the
+        session's own. A declared fallback runs in a pool of the session's own."""
         spec, mode = self._spec(name)
+        needs = serving_needs(spec.name)
         owned: list[GeneratorPool] = []
         try:
-            if spec.name in SHARED_GENERATORS:
+            if needs.shared:
                 pool = await self.pool(name)
             else:
                 pool = await self._session_pool(spec, mode)
                 owned.append(pool)
             fallback = None
-            if spec.name in GPU_GENERATORS:
-                fallback_spec = GeneratorSpec.from_registry(FALLBACK_GENERATOR, fallback=None)
-                fallback = GeneratorPool(fallback_spec, workers=1, mode="process", queue_limit=2,
-                                         cpu_slots=self.cpu_slots)
+            if needs.fallback:
+                fallback_spec = GeneratorSpec.from_registry(needs.fallback, fallback=None)
+                fallback = GeneratorPool(fallback_spec, workers=1, mode=serving_needs(needs.fallback).worker,
+                                         queue_limit=2, cpu_slots=self.cpu_slots)
                 owned.append(fallback)
                 await fallback.start()
         except BaseException:
@@ -305,7 +297,7 @@ class SessionManager:
         peer = entry.viewers.pop(viewer_id, None)
         if peer is None:
             raise UnknownSession(f"unknown viewer {str(viewer_id)[:40]!r} of session {session_id}")
-        entry.session.viewers.pop(viewer_id, None)
+        entry.session.playout.forget_viewer(viewer_id)
         await peer.close()
 
     async def _viewer_gone(self, session_id: str, viewer_id: str) -> None:

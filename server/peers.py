@@ -53,15 +53,17 @@ async def _answer(pc: RTCPeerConnection, offer: Offer) -> str:
     return pc.localDescription.sdp
 
 
-async def _drain(track: MediaStreamTrack, handle: Callable | None) -> None:
-    """Read a received track until it ends, handing each frame to ``handle`` (or dropping it)."""
+async def _drain(track: MediaStreamTrack, handle: Callable | None, ended: Callable[[], None] | None) -> None:
+    """Read a received track until it ends, handing each frame to ``handle`` (or dropping it); then
+    ``ended`` (the sender stopped its track, sent RTCP BYE, or the connection closed)."""
     try:
         while True:
             frame = await track.recv()
             if handle is not None:
                 handle(frame)
     except MediaStreamError:
-        pass
+        if ended is not None:
+            ended()
 
 
 class Peer:
@@ -95,8 +97,8 @@ class Peer:
             self._deadline.cancel()
             self._on_gone()
 
-    def read(self, track: MediaStreamTrack, handle: Callable | None) -> None:
-        self.tasks.append(asyncio.create_task(_drain(track, handle), name=f"read-{track.kind}"))
+    def read(self, track: MediaStreamTrack, handle: Callable | None, ended: Callable[[], None] | None = None) -> None:
+        self.tasks.append(asyncio.create_task(_drain(track, handle, ended), name=f"read-{track.kind}"))
 
     async def close(self) -> None:
         self._gone = True  # closed by us: not "gone" (on_gone would remove it a second time)
@@ -116,10 +118,9 @@ async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[Ice
     @peer.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            peer.read(track, lambda frame: session.ingest.push(frame, session.session_time()))
-        elif session.live is not None:
-            peer.read(track, lambda frame: session.live.push(frame, session.session_time())
-                      if session.live is not None else None)
+            peer.read(track, session.receive_audio, session.end_ingest)  # the speech has ended: play it out
+        elif session.takes_video:
+            peer.read(track, session.receive_video)
         else:
             peer.read(track, None)
 
@@ -144,12 +145,12 @@ async def open_viewer(session: LiveSession, viewer_id: str, offer: Offer,
         await _set_offer(peer.pc, offer)
         for transceiver in peer.pc.getTransceivers():
             if transceiver.kind == "video" and "video" in offer.media:
-                peer.pc.addTrack(SessionVideoTrack(session, viewer_id))
+                peer.pc.addTrack(SessionVideoTrack(session.playout, viewer_id))
             elif transceiver.kind == "audio" and "audio" in offer.media:
-                peer.pc.addTrack(SessionAudioTrack(session, viewer_id))
+                peer.pc.addTrack(SessionAudioTrack(session.playout, viewer_id))
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
         return peer, peer.pc.localDescription.sdp
     except Exception:
-        session.viewers.pop(viewer_id, None)  # the tracks registered the viewer
+        session.playout.forget_viewer(viewer_id)  # the tracks registered the viewer
         await peer.close()
         raise

@@ -20,7 +20,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
-import time
 from typing import Callable
 
 import numpy as np
@@ -29,9 +28,11 @@ from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, AudioMargins, ChunkRe
 from model.passthrough import unchanged_frames
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.engine import AudioTrack, ChunkEngine
-from streaming.errors import InputError
+from model.errors import InputError
+from streaming.clock import SYSTEM_CLOCK, Clock, sleep_unless
 from streaming.ingest import LiveAudioIngest
 from streaming.livesource import FrameWindow, LiveVideoSource
+from streaming.playout import Playout, ViewerStats
 from streaming.scheduler import DEFAULT_TIERS, Scheduler
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
@@ -103,35 +104,6 @@ class _Swap:
     mode: str
 
 
-class ViewerStats:
-    """What one viewer's tracks sent: frame send times (fps, delay) and the A/V offset at sending."""
-
-    def __init__(self) -> None:
-        self.sent = collections.deque(maxlen=100)
-        self.frames = 0
-        self.skipped = 0
-        self._audio_sent: collections.OrderedDict[int, float] = collections.OrderedDict()
-        self.av_offsets = collections.deque(maxlen=250)  # video send time - audio send time, same instant
-
-    def audio_block_sent(self, j: int, now: float) -> None:
-        self._audio_sent[j] = now
-        while len(self._audio_sent) > 200:
-            self._audio_sent.popitem(last=False)
-
-    def video_frame_sent(self, n: int, now: float) -> None:
-        self.sent.append(now)
-        self.frames += 1
-        audio = self._audio_sent.get(2 * n)  # block 2n (20 ms) starts at frame n (40 ms)
-        if audio is not None:
-            self.av_offsets.append(now - audio)
-
-    def fps(self, now: float, window: float = 2.0) -> float:
-        recent = [t for t in self.sent if now - t <= window]
-        if len(recent) < 2:
-            return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
-
-
 def _percentiles(values) -> dict:
     if not values:
         return {"p50": None, "p95": None}
@@ -141,8 +113,9 @@ def _percentiles(values) -> dict:
 
 class LiveSession:
     def __init__(self, session_id: str, source, source_name: str, pool: GeneratorPool,
-                 settings: SessionSettings, emit: Callable[[dict], None], clock=time.monotonic,
-                 plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None) -> None:
+                 settings: SessionSettings, emit: Callable[[dict], None], clock: Clock = SYSTEM_CLOCK,
+                 plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         self.id = session_id
         self.pool = pool
         self.fallback_pool = fallback_pool
@@ -152,8 +125,9 @@ class LiveSession:
         self.settings = settings
         self.plan = plan
         self._emit = emit
-        self._now = clock
-        self.clock = SessionClock(clock(), settings.delay, settings.lead)
+        self._clock = clock
+        self._now = clock.now
+        self.clock = SessionClock(clock.now(), settings.delay, settings.lead)
         self.ingest = LiveAudioIngest(settings.buffer_seconds)
         self.live: LiveVideoSource | None = source if isinstance(source, LiveVideoSource) else None
         self.source_name = source_name
@@ -164,20 +138,20 @@ class LiveSession:
         self.scheduler = Scheduler(ladder, priors=self.profile.priors(self._source_size(), plan.window, plan.context))
         idle = np.zeros((*self._source_size(), 3), np.uint8)
         self.timeline = OutputTimeline(plan, idle)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")
+        self.playout = Playout(clock, self.clock, self.timeline, self.ingest.playout)
+        # The session's blocking steps (decoding, building requests) run one at a time off the loop
+        # (inline on a virtual clock, in tests).
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")
         self._stop = asyncio.Event()
         self._swap: _Swap | None = None
         self._next_chunk = 0
         self.state = "running"
         self.end_reason: str | None = None
         self.end_frame: int | None = None  # output frames end here once the ingest has ended
-        self.viewers: dict[str, ViewerStats] = {}
         self.counts = collections.Counter()
         self.tier_counts = collections.Counter()
         self.costs = collections.deque(maxlen=50)  # submission to result, queueing and transfer included
         self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
-        self.send_delays = collections.deque(maxlen=250)
-        self.played = collections.Counter()
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
 
@@ -247,11 +221,7 @@ class LiveSession:
             self.end_ingest()
 
     async def _stopped_within(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=max(seconds, 0.0))
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await sleep_unless(self._clock, seconds, self._stop)
 
     async def _sleep_until(self, when: float) -> None:
         while not self._stop.is_set() and self._now() < when:
@@ -366,6 +336,7 @@ class LiveSession:
             return
         self.ingest.end()
         self.end_frame = math.ceil(self.ingest.ended_at / SAMPLES_PER_FRAME)
+        self.playout.end_at(self.end_frame)
 
     async def stop(self, reason: str = "stopped") -> None:
         self.end_reason = self.end_reason or reason
@@ -380,24 +351,26 @@ class LiveSession:
             return
         self.state = "ended"
         self.end_reason = reason
+        self.playout.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._event("ended", reason=reason)
         self.finished.set()
 
-    # ---- playout bookkeeping (called by the tracks) ----------------------------------------------------
-    def viewer_stats(self, viewer_id: str) -> ViewerStats:
-        return self.viewers.setdefault(viewer_id, ViewerStats())
+    # ---- ingest (called by the WHIP peer) ------------------------------------------------------------------
+    def receive_audio(self, frame) -> None:
+        self.ingest.push(frame, self.session_time())
 
-    def frame_for(self, n: int) -> np.ndarray:
-        image, kind = self.timeline.frame(n)
-        self.played[kind] += 1
-        # Every viewer plays within a few frames of the clock; two seconds back is safely behind them all.
-        self.timeline.release_before(min(n, self.clock.frame_at(self._now())) - 2 * FPS)
-        return image
+    def receive_video(self, frame) -> None:
+        if self.live is not None:  # a library source swapped in replaces the live video for good
+            self.live.push(frame, self.session_time())
 
-    def frame_sent(self, viewer: ViewerStats, n: int, now: float) -> None:
-        viewer.video_frame_sent(n, now)
-        self.send_delays.append(now - self.clock.at(n / FPS))
+    @property
+    def takes_video(self) -> bool:
+        return self.live is not None
+
+    @property
+    def viewers(self) -> dict[str, ViewerStats]:
+        return self.playout.viewers
 
     # ---- reporting ------------------------------------------------------------------------------------
     def _event(self, name: str, **fields) -> None:
@@ -410,13 +383,13 @@ class LiveSession:
             "session": self.id, "state": self.state, "source": self.source_name,
             "generator": self.profile.name, "time": round(self.clock.session_time(now), 3),
             "delay": {"target": self.clock.delay, "lead": self.clock.lead,
-                      "send": _percentiles(list(self.send_delays))},
+                      "send": _percentiles(list(self.playout.send_delays))},
             "av_offset_send": _percentiles([o for v in self.viewers.values() for o in v.av_offsets]),
             "chunks": {"generated": self.counts["generated"], "late": self.counts["late"],
                        "skipped": self.counts["skipped"], "failed": self.counts["failed"],
                        "degraded": sum(v for k, v in self.tier_counts.items() if k != self.settings.tiers[0].name)},
             "tiers": dict(self.tier_counts),
-            "frames": dict(self.played),
+            "frames": dict(self.playout.played),
             "fps_out": round(float(np.mean([v.fps(now) for v in self.viewers.values()])), 2) if self.viewers else 0.0,
             "viewers": len(self.viewers),
             "frames_skipped": sum(v.skipped for v in self.viewers.values()),  # sent late: skipped ahead

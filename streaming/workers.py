@@ -27,12 +27,12 @@ import time
 import numpy as np
 
 from model.base import AudioMargins, ChunkRequest, ChunkResult
+from model.errors import InputError
 from model.registry import GENERATORS
-from streaming.errors import InputError
+from model.serving import WORKER_MODES
 from streaming.sharedframes import AttachedSegments, SharedSegment
 
 log = logging.getLogger("livedub.workers")
-WORKER_MODES = ("thread", "process")
 START_TIMEOUT = 600.0  # seconds a worker may take to build its generator (model weights load slowly)
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 POLL_SECONDS = 0.1
@@ -125,9 +125,9 @@ def _describe(exc: BaseException) -> str:
 class ThreadWorker:
     """One generator instance, built and run in one thread of its own."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GeneratorSpec, executor: concurrent.futures.Executor | None = None) -> None:
         self.spec = spec
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}")
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}")
         self._generator = None  # touched only inside the executor's thread
 
     def _build(self) -> GeneratorProfile:
@@ -351,7 +351,8 @@ class GeneratorPool:
     """``workers`` instances of one generator serving chunk requests, earliest deadline first."""
 
     def __init__(self, spec: GeneratorSpec, workers: int = 1, mode: str = "thread", queue_limit: int = 8,
-                 clock=time.monotonic, cpu_slots: CpuSlots | None = None) -> None:
+                 clock=time.monotonic, cpu_slots: CpuSlots | None = None,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         if mode not in WORKER_MODES:
             raise InputError(f"bad worker mode {mode!r}: accepted are {', '.join(WORKER_MODES)}")
         if workers < 1:
@@ -360,7 +361,9 @@ class GeneratorPool:
         self.mode = mode
         self._clock = clock
         self._cpu_slots = cpu_slots
-        self._workers = [ThreadWorker(spec) if mode == "thread" else ProcessWorker(spec) for _ in range(workers)]
+        # ``executor``: where thread workers run (tests on a virtual clock run them inline).
+        self._workers = [ThreadWorker(spec, executor) if mode == "thread" else ProcessWorker(spec)
+                         for _ in range(workers)]
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=queue_limit)
         self._order = itertools.count()
         self._tasks: list[asyncio.Task] = []

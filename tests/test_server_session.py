@@ -1,6 +1,8 @@
-"""A live session without WebRTC: speech fed at wall-clock pace, frames read on the session clock, with
-short chunks (9 frames, 3 context) so that many chunks pass in a few seconds. Faults: a generator that
-raises, a worker process killed mid-session, a generator too slow for the budget, the ingest ending."""
+"""A live session without WebRTC, with short chunks (9 frames, 3 context) so that many chunks pass in a
+few seconds. Where no real duration matters (chunks on time, swaps, a raising generator, the idle and
+ingest ends) the session runs on a virtual clock with its blocking work inline: speech is fed and frames
+are read at virtual instants, and the outcome is the same on any machine. Where real durations are the
+point (a slow generator, a killed worker process, the fallback generator) it runs in real time."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import server_fault_generators
 from _server_support import feed_in_real_time, speech_48k, write_still
 from model.registry import GENERATORS
 from model.base import Tier
+from _server_support import audio_frame
 from streaming.chunker import ChunkPlan
+from streaming.clock import InlineExecutor, VirtualClock
+from streaming.ingest import PLAYOUT_RATE
 from streaming.errors import InputError
 from streaming.session import LiveSession, SessionSettings, check_delay
 from streaming.source import VideoSource
@@ -37,10 +42,44 @@ def stills(tmp_path):
     return write_still(str(tmp_path / "red.png"), RED), write_still(str(tmp_path / "blue.png"), BLUE)
 
 
-async def _pool(name: str, mode: str = "thread", **options) -> GeneratorPool:
-    pool = GeneratorPool(GeneratorSpec.from_registry(name, options), mode=mode)
+async def _pool(name: str, mode: str = "thread", clock=None, **options) -> GeneratorPool:
+    if clock is None:
+        pool = GeneratorPool(GeneratorSpec.from_registry(name, options), mode=mode)
+    else:
+        pool = GeneratorPool(GeneratorSpec.from_registry(name, options), mode=mode, clock=clock.now,
+                             executor=InlineExecutor())
     await pool.start()
     return pool
+
+
+async def _run_virtual(session: LiveSession, clock: VirtualClock, seconds: float, at=None):
+    """Feed ``seconds`` of speech in 20 ms frames at virtual instants, end the ingest, and play every
+    frame at its due instant; ``at=(after_seconds, action)`` runs ``action()`` once that far in."""
+    played: list[tuple[int, str, np.ndarray]] = []
+    speech = speech_48k(seconds)
+    block = 960
+    n = session.clock.frame_at(clock.now()) + 1
+    result = None
+
+    def play_due() -> None:
+        nonlocal n
+        while session.state != "ended" and session.clock.frame_due(n) <= clock.now():
+            image, kind = session.timeline.frame(n)
+            played.append((n, kind, image))
+            n += 1
+
+    for k in range(len(speech) // block):
+        session.receive_audio(audio_frame(speech[k * block : (k + 1) * block], k * block))
+        await clock.advance(block / PLAYOUT_RATE)
+        play_due()
+        if at is not None and result is None and clock.now() - session.clock.origin >= at[0]:
+            result = at[1]()
+    session.end_ingest()
+    while session.state != "ended":
+        await clock.advance(0.02)
+        play_due()
+        assert clock.now() - session.clock.origin < seconds + session.clock.delay + 5, "the session never ended"
+    return played, result
 
 
 async def _run(session: LiveSession, seconds: float) -> list[tuple[int, str, np.ndarray]]:
@@ -71,26 +110,25 @@ def _colour(image: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in image[2, 2])
 
 
-async def _session(pool, source_path, events, delay=1.0, **settings) -> LiveSession:
+async def _session(pool, source_path, events, delay=1.0, clock=None, **settings) -> LiveSession:
+    virtual = {} if clock is None else {"clock": clock, "executor": InlineExecutor()}
     session = LiveSession("s1", VideoSource(source_path, (64, 64)), "red", pool,
-                          SessionSettings(delay=delay, **settings), events.append, plan=PLAN)
+                          SessionSettings(delay=delay, **settings), events.append, plan=PLAN, **virtual)
     await session.start()
     return session
 
 
 async def _play(generator: str, still: str, seconds: float, options: dict | None = None, swap=None, **settings):
-    """A whole session on ``generator``: the session, its events and the frames played; with
-    ``swap=(after_seconds, still, mode)`` also where the reference swap took effect."""
-    pool = await _pool(generator, **(options or {}))
+    """A whole session on ``generator`` on a virtual clock: the session, its events and the frames
+    played; with ``swap=(after_seconds, still, mode)`` also where the reference swap took effect."""
+    clock = VirtualClock()
+    pool = await _pool(generator, clock=clock, **(options or {}))
     events: list[dict] = []
-    where = None
     try:
-        session = await _session(pool, still, events, **settings)
-        feeding = asyncio.create_task(_run(session, seconds))
-        if swap is not None:
-            await asyncio.sleep(swap[0])
-            where = session.swap_reference("swapped", VideoSource(swap[1], (64, 64)), swap[2])
-        played = await feeding
+        session = await _session(pool, still, events, clock=clock, **settings)
+        action = None if swap is None else (swap[0], lambda: session.swap_reference(
+            "swapped", VideoSource(swap[1], (64, 64)), swap[2]))
+        played, where = await _run_virtual(session, clock, seconds, action)
     finally:
         await pool.close()
     return (session, events, played) if swap is None else (session, events, played, where)
@@ -165,9 +203,20 @@ async def test_a_killed_worker_process_is_restarted_and_the_session_goes_on(stil
     assert any(c["status"] == "on_time" for c in after)  # generated again after the restart
 
 
+async def _play_real_time(generator: str, still: str, seconds: float, options: dict) -> tuple:
+    pool = await _pool(generator, **options)
+    events: list[dict] = []
+    try:
+        session = await _session(pool, still, events)
+        played = await _run(session, seconds)
+    finally:
+        await pool.close()
+    return session, events, played
+
+
 async def test_a_slow_generator_degrades_to_a_cheaper_tier_and_keeps_the_delay(stills, fault_registry):
-    # The full tier takes 0.5 s for a 0.24 s chunk; the fast tiers 0.05 s.
-    session, events, played = await _play("slow", stills[0], 3.0, {"seconds": 0.5, "fast_seconds": 0.05})
+    # The full tier takes 0.5 s (real time) for a 0.24 s chunk; the fast tiers 0.05 s.
+    session, events, played = await _play_real_time("slow", stills[0], 3.0, {"seconds": 0.5, "fast_seconds": 0.05})
     degraded = _events(events, "degraded")
     assert degraded and all(d["action"] in ("tier", "skip") for d in degraded)
     tiers = session.stats()["tiers"]
@@ -179,11 +228,16 @@ async def test_a_slow_generator_degrades_to_a_cheaper_tier_and_keeps_the_delay(s
 
 
 async def test_idle_session_ends_by_itself(stills):
-    pool = await _pool("passthrough")
+    clock = VirtualClock()
+    pool = await _pool("passthrough", clock=clock)
     events: list[dict] = []
     try:
-        session = await _session(pool, stills[0], events, idle_timeout=0.5)
-        await asyncio.wait_for(session.finished.wait(), timeout=5)
+        session = await _session(pool, stills[0], events, clock=clock, idle_timeout=0.5)
+        await clock.advance(0.45)
+        assert session.state == "running"
+        assert await clock.run_until(lambda: session.finished.is_set(), limit=5)
+        # Nothing was captured: it ends at once after the timeout, with nothing to play out.
+        assert clock.now() - session.clock.origin < 0.5 + 0.6
     finally:
         await pool.close()
     assert _events(events, "ended")[0]["reason"] == "idle"

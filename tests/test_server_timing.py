@@ -111,3 +111,79 @@ def test_scheduler_degrades_when_the_budget_shrinks_and_recovers():
     assert scheduler.estimate(fast) == pytest.approx(0.27)
     assert scheduler.choose(0.3).tier == fast
     assert scheduler.choose(-0.1).skipped
+
+
+def _playout(delay: float = 1.0):
+    """A playout on a virtual clock: one 9-frame slot whose frame n has value n, a ramp of speech."""
+    from streaming.clock import VirtualClock
+    from streaming.playout import Playout
+
+    clock = VirtualClock()
+    schedule = SessionClock(origin=clock.now(), delay=delay, lead=0.0)
+    timeline = OutputTimeline(ChunkPlan(window=9, context=3), np.zeros((2, 2, 3), np.uint8))
+    timeline.offer(0, np.arange(9, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8), "generated")
+    ring = SampleRing(PLAYOUT_RATE, 5.0)
+    ring.write(0, np.linspace(0, 0.5, PLAYOUT_RATE, dtype=np.float32))
+    return clock, schedule, Playout(clock, schedule, timeline, ring)
+
+
+async def test_tracks_send_each_frame_and_block_at_its_due_instant_on_the_session_clock():
+    import asyncio
+
+    from server.tracks import SessionAudioTrack, SessionVideoTrack
+
+    clock, schedule, playout = _playout()
+    video, audio = SessionVideoTrack(playout, "v1"), SessionAudioTrack(playout, "v1")
+    sent_video, sent_audio = [], []
+    await clock.advance(schedule.frame_due(0) - 0.01 - clock.now())  # the tracks start with frame 0
+
+    async def pull(track, sink, count):
+        for _ in range(count):
+            frame = await track.recv()
+            sink.append((clock.now(), frame.pts, frame.to_ndarray()))
+
+    tasks = [asyncio.create_task(pull(video, sent_video, 9)), asyncio.create_task(pull(audio, sent_audio, 18))]
+    await clock.run_until(lambda: all(t.done() for t in tasks), limit=3.0, step=0.005)
+    # Video frame n leaves exactly when due, stamped 3600 n after the delay; audio block j likewise.
+    assert [round(t - schedule.frame_due(n), 9) for n, (t, _, _) in enumerate(sent_video)] == [0.0] * 9
+    assert [pts for _, pts, _ in sent_video] == [schedule.video_pts(n) for n in range(9)]
+    assert [int(image[0, 0, 0]) for _, _, image in sent_video] == list(range(9))  # rgb24 of value n
+    assert [pts for _, pts, _ in sent_audio] == [schedule.audio_pts(j) for j in range(18)]
+    assert all(abs(t - schedule.block_due(j)) < 1e-9 for j, (t, _, _) in enumerate(sent_audio))
+    # Block j carries the ring's samples of block j: the ramp rises block to block.
+    levels = [float(samples.mean()) for _, _, samples in sent_audio]
+    assert levels == sorted(levels) and levels[0] < levels[-1]
+    stats = playout.viewers["v1"]
+    assert stats.frames == 9 and stats.skipped == 0 and all(abs(o) < 1e-9 for o in stats.av_offsets)
+
+
+async def _recv(clock, track):
+    """``track.recv()`` with virtual time moving until it returns (or raises)."""
+    import asyncio
+
+    task = asyncio.ensure_future(track.recv())
+    assert await clock.run_until(task.done, limit=1.0, step=0.005)
+    return task.result()
+
+
+async def test_a_track_woken_late_skips_ahead_instead_of_bursting_and_ends_with_the_speech():
+    from aiortc.mediastreams import MediaStreamError
+
+    from server.tracks import SKIP_AFTER_FRAMES, SessionVideoTrack
+
+    clock, schedule, playout = _playout()
+    track = SessionVideoTrack(playout, "v1")
+    await clock.advance(schedule.frame_due(0) - clock.now())
+    first = await _recv(clock, track)  # frame 1: the track starts with the next frame due
+    assert first.pts == schedule.video_pts(1) and clock.now() == schedule.frame_due(1)
+    await clock.advance(2 / 25)  # a little late: frames 2, 3 go out at once, in order
+    assert [(await track.recv()).pts for _ in range(2)] == [schedule.video_pts(2), schedule.video_pts(3)]
+    await clock.advance((SKIP_AFTER_FRAMES + 4) / 25)  # far behind: the frame due now, not a burst
+    late = await track.recv()
+    now_frame = schedule.frame_at(clock.now())
+    assert late.pts == schedule.video_pts(now_frame) and playout.viewers["v1"].skipped == now_frame - 4
+    playout.end_at(now_frame + 2)
+    assert (await _recv(clock, track)).pts == schedule.video_pts(now_frame + 1)
+    with pytest.raises(MediaStreamError):
+        await _recv(clock, track)  # past the end of the speech
+    assert track.readyState == "ended"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from streaming.errors import InputError
+from model.errors import InputError
 
 ATTENTION_BACKENDS = ("native", "flash", "_flash_3", "sage", "flex", "_native_cudnn", "_native_flash",
                       "_native_efficient", "xformers")

@@ -14,7 +14,7 @@ from model.infinitetalk.loading import WeightsMismatch, build_clip, build_transf
 from model.infinitetalk.text import PromptEncoder
 from model.infinitetalk.transformer import InfiniteTalkTransformer3DModel
 from model.infinitetalk.vae import WanVae
-from streaming.errors import InputError
+from model.errors import InputError
 
 
 @dataclasses.dataclass

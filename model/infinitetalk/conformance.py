@@ -108,7 +108,7 @@ def run(root: str | Path, write: Callable[[str], None] = print) -> Report:
     report = Report(write)
     sets = find_sets(root) if root.is_dir() else []
     if not sets:
-        from streaming.errors import InputError
+        from model.errors import InputError
 
         raise InputError(f"no conformance fixture set in {root}: expected a folder with dit/, encoders/ or "
                          "pipeline/ (or folders of such sets)")

@@ -69,7 +69,7 @@ def run_wav2vec2(part_dir: Path, label: str, config: dict, report: Report) -> No
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     from model.infinitetalk.audio_features import Wav2VecEncoder
-    from streaming.audio import normalize_loudness
+    from model.loudness import normalize_loudness
 
     model_dir = file_reference(part_dir, config.get("model_dir", "wav2vec2/"))
     encoder = Wav2VecEncoder(Wav2Vec2Model.from_pretrained(model_dir, local_files_only=True),

@@ -23,7 +23,7 @@ from model.infinitetalk.person_masks import latent_person_masks
 from model.infinitetalk.pipeline import ChunkConditions, ChunkPipeline, SamplingSettings
 from model.infinitetalk.sampler import Guidance, Guider, euler_step, shifted_timesteps
 from model.infinitetalk.teacache import TeaCache
-from streaming.source import BUCKETS, resize_and_centercrop
+from model.frames import BUCKETS, resize_and_centercrop
 
 STAGE = 1e-4  # any DiT call / stage on recorded inputs; chunk 0 free-running
 LAST_LATENT = 1e-3  # last chunk x0 latent, free-running

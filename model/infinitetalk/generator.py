@@ -29,7 +29,7 @@ from model.infinitetalk.lora import DEFAULT_SCALE, merge_lora
 from model.infinitetalk.pipeline import ChunkConditions, ChunkPipeline, SamplingSettings
 from model.infinitetalk.sampler import Guidance
 from model.infinitetalk.text import DEFAULT_PROMPT, NEGATIVE_PROMPT
-from streaming.errors import InputError
+from model.errors import InputError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LARGE_AREA = 600_000  # pixels: above it the official 720 setting (shift 11), else the 480 one (shift 7)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from streaming.errors import InputError
+from model.errors import InputError
 
 WAN_DIRS = ("Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-720P")
 VAE_FILE = "Wan2.1_VAE.pth"

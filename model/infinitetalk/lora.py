@@ -15,7 +15,7 @@ import os
 import torch
 
 from model.infinitetalk.convert import strip_prefix, transformer_key
-from streaming.errors import InputError
+from model.errors import InputError
 
 DEFAULT_SCALE = 1.2
 DOWN_UP = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))

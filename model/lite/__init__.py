@@ -102,7 +102,7 @@ def build(device: str | None = None, **options) -> LiteGenerator:
     """The lite generator. It always runs on the CPU (``device`` is accepted and ignored, so that callers
     can pass the same options to every generator) and takes no weights or other options."""
     if options:
-        from streaming.errors import InputError
+        from model.errors import InputError
 
         raise InputError(f"the lite generator takes no {', '.join(sorted(options))} option "
                          "(it needs no weights and runs on the CPU)")
