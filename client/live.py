@@ -89,7 +89,7 @@ async def send_and_record(server: str, source: str, speech_path: str, output: st
                           ice_servers=(), progress=None) -> dict:
     import aiohttp
 
-    from client.control import ControlClient
+    from client.control import ControlClient, ControlError
     from client.recorder import Mp4Recorder
     from client.webrtc import Publisher, SpeechTrack, Viewer, read_speech
     from streaming.audio import load_audio
@@ -112,6 +112,7 @@ async def send_and_record(server: str, source: str, speech_path: str, output: st
             pending = sorted(swaps)
             swapped = []
             end = None
+            stats = None
             while end is None or time.monotonic() < end:
                 await asyncio.sleep(0.25 if pending else 1.0)
                 elapsed = time.monotonic() - (track.started_at or time.monotonic())
@@ -120,12 +121,18 @@ async def send_and_record(server: str, source: str, speech_path: str, output: st
                     reply = await control.request("swap_reference", session=created["session"], source=name,
                                                   mode=mode)
                     swapped.append({"source": name, "mode": mode, "chunk": reply["chunk"], "at": reply["at"]})
-                stats = (await control.request("stats", session=created["session"]))["stats"]
+                try:
+                    stats = (await control.request("stats", session=created["session"]))["stats"]
+                except ControlError as exc:
+                    if exc.code != "unknown_session":
+                        raise
+                    break  # the session played its speech out and ended
                 if progress is not None:
                     print(_line(stats, elapsed), file=progress, flush=True)
                 if end is None and track.finished:
+                    # The file is over: the session plays out what it has and ends by itself.
+                    await control.request("end_ingest", session=created["session"])
                     end = track.started_at + track.duration + created["delay"] + tail
-            stats = (await control.request("stats", session=created["session"]))["stats"]
         finally:
             await publisher.close()  # DELETE on the WHIP resource ends the session
             await viewer.close(delete=False)

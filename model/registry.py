@@ -27,7 +27,7 @@ SERVING: dict[str, ServingNeeds] = {
         device="cuda", shared=True, fallback="lite",
         required_options=(("weights", "the infinitetalk generator needs --weights DIR (the official release "
                                       "layout; see README)"),)),
-    "passthrough": ServingNeeds(worker="thread"),
+    "passthrough": ServingNeeds(worker="thread", warm_up=False),  # nothing loaded lazily, next to no cost
     # One simulated machine shared by every session, so sessions queue for it as for a real GPU; it only
     # sleeps (a thread does), and its costs are the planner's priors (nothing to warm).
     "simulated": ServingNeeds(worker="thread", shared=True, warm_up=False),

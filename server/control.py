@@ -18,8 +18,8 @@ from streaming.errors import InputError, quoted
 from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.control")
-OPS = ("auth", "create", "swap_reference", "stats", "stop", "sessions", "sources", "subscribe", "unsubscribe",
-       "ping")
+OPS = ("auth", "create", "swap_reference", "end_ingest", "stats", "stop", "sessions", "sources", "subscribe",
+       "unsubscribe", "ping")
 ERROR_CODES = {UnknownSource: "unknown_source", BadName: "bad_name", UnknownSession: "unknown_session",
                LimitReached: "limit_reached", GeneratorUnavailable: "generator_unavailable",
                OfferError: "bad_offer"}
@@ -175,6 +175,12 @@ class ControlChannel:
         mode = _field(message, "mode", (str,), required=False, default="cut")
         where = await self.manager.swap(session_id, source, mode)
         return {"session": session_id, "source": source, "mode": mode, **where}
+
+    async def _op_end_ingest(self, message: dict) -> dict:
+        """The sender's speech has ended (a file or the demo played out): the session plays out what it
+        captured, then ends with ``ingest_ended`` instead of idling."""
+        session_id = _field(message, "session", (str,))
+        return {"session": session_id, **self.manager.end_ingest(session_id)}
 
     async def _op_stats(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,), required=False)

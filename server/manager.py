@@ -26,6 +26,7 @@ from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
 from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
 from streaming.source import VideoSource
+from streaming.warmup import warm_up, warm_up_request
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
@@ -78,6 +79,7 @@ class SessionManager:
         # generator that failed to build) before it takes a worker.
         self._profiles: dict[str, GeneratorProfile] = {}
         self._unbuildable: dict[str, str] = {}
+        self._warm_costs: dict[str, float] = {}  # generator -> warm chunk seconds measured at start-up
 
     # ---- events -----------------------------------------------------------------------------------------
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
@@ -138,16 +140,49 @@ class SessionManager:
             return
         profiles = self._known_profiles(spec)
         right = widest_margins(*profiles).right if all(profiles) else 0.0
-        check_delay(delay, self.plan, right, self.settings)
+        check_delay(delay, self.plan, right, self.settings, self.warm_cost(spec.name))
+
+    def warm_cost(self, name: str) -> float | None:
+        """The lowest warm chunk cost measured for generator ``name`` (at start-up or a session's warm-up)."""
+        costs = [s.warm_up.warm for s in self.sessions.values() if s.warm_up is not None and s.profile.name == name]
+        known = self._warm_costs.get(name)
+        return min(costs + ([known] if known is not None else []), default=None)
 
     async def prepare(self) -> str:
-        """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
+        """Load the default generator at start-up (a shared GPU model now; a spare worker otherwise), warm
+        it on a library source to measure its chunk cost, and refuse a --delay below what it needs."""
         spec, mode = self._spec(None)
-        if serving_needs(spec.name).shared:
-            await self.pool()
+        needs = serving_needs(spec.name)
+        if needs.shared:
+            pool = await self.pool()
         else:
             self._start_spare(spec, mode)
+            task, pool = self._spare
+            await task
+        if needs.warm_up:
+            reference = await self._any_reference()
+            if reference is not None:
+                request = warm_up_request(reference, self.plan, pool.profile.audio_margins,
+                                          (pool.profile.tiers or SINGLE_TIER)[0], moving_source=False)
+                measured = await warm_up(pool, request, time.monotonic)
+                self._warm_costs[spec.name] = measured.warm
+                log.info("generator %s warm: first chunk %.3f s cold, %.3f s warm", spec.name, measured.cold,
+                         measured.warm)
+        self._profiles.setdefault(pool.profile.name, pool.profile)
+        right = widest_margins(*(p for p in self._known_profiles(spec) if p is not None)).right
+        try:
+            check_delay(self.config.delay, self.plan, right, self.settings, self.warm_cost(spec.name))
+        except InputError as exc:
+            raise InputError(f"--delay: {exc} for generator {spec.name}") from None
         return spec.name
+
+    async def _any_reference(self):
+        """The first frame of the library's first source at the output size (None: an empty library)."""
+        names = sorted(self.library.names())
+        if not names:
+            return None
+        source = await self.load_source(names[0])
+        return await asyncio.get_running_loop().run_in_executor(None, source.frame, 0)
 
     def _start_spare(self, spec: GeneratorSpec, mode: str) -> None:
         pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
@@ -232,7 +267,7 @@ class SessionManager:
             pool, fallback, owned = await self._session_pools(generator)
             margins = widest_margins(*(p.profile for p in (pool, fallback) if p is not None))
             delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
-                                self.settings)
+                                self.settings, self.warm_cost(pool.profile.name))
             tiers = pool.profile.tiers or SINGLE_TIER
             settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers)
             if path is None or live_video:
@@ -242,8 +277,11 @@ class SessionManager:
                     None, lambda: VideoSource(path, self.config.size, "loop", settings.keyframe_interval))
                 name = source
             session_id = secrets.token_hex(8)
+            needs = serving_needs(spec.name)
+            # A generator of the session's own is warmed on the session's source (a shared one was
+            # warmed at start-up and serves other sessions' chunks meanwhile).
             session = LiveSession(session_id, media, name, pool, settings, self.emit, plan=self.plan,
-                                  fallback_pool=fallback)
+                                  fallback_pool=fallback, warm=needs.warm_up and not needs.shared)
             await session.start()
         except BaseException:
             await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
@@ -303,6 +341,12 @@ class SessionManager:
     async def _viewer_gone(self, session_id: str, viewer_id: str) -> None:
         if viewer_id in getattr(self._entries.get(session_id), "viewers", {}):
             await self.remove_viewer(session_id, viewer_id)
+
+    def end_ingest(self, session_id: str) -> dict:
+        """End a session's speech input: what was captured plays out, then the session ends."""
+        session = self.get(session_id)
+        session.end_ingest()
+        return {"ends_at": round(session.end_frame / 25, 3)}
 
     async def stop(self, session_id: str, reason: str = "stopped") -> None:
         entry = self._entry(session_id)

@@ -8,7 +8,9 @@ next chunk. This is backpressure on the generator's input, at chunk level:
 playing late chunks late would grow the delay without bound, dropping them at playout would not help
 throughput (spec/realtime.md).
 
-Costs are measured from submission to result, queueing included, and smoothed per tier. A tier's
+Costs are measured from submission to result, queueing included, and smoothed per tier when they rise;
+a cost lower than the estimate replaces it at once, so the estimate recovers within one chunk once the
+load drops (a load spike must not keep skipping chunks the generator could now afford). A tier's
 estimate is only refreshed when it runs, so estimates of better tiers not run lately shrink a little
 each chunk: the scheduler tries them again once the load has gone, instead of staying degraded forever.
 
@@ -98,6 +100,6 @@ class Scheduler:
     def record(self, tier: Tier, seconds: float) -> None:
         """A chunk at ``tier`` took ``seconds`` from submission to result (the first replaces any prior)."""
         old = self._estimate.get(tier.name) if tier.name in self._measured else None
-        self._estimate[tier.name] = seconds if old is None else (
+        self._estimate[tier.name] = seconds if old is None or seconds <= old else (
             self.smoothing * seconds + (1 - self.smoothing) * old)
         self._measured.add(tier.name)

@@ -33,8 +33,9 @@ from streaming.clock import SYSTEM_CLOCK, Clock, sleep_unless
 from streaming.ingest import LiveAudioIngest
 from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.playout import Playout, ViewerStats
-from streaming.scheduler import DEFAULT_TIERS, Scheduler
+from streaming.scheduler import DEFAULT_TIERS, SAFETY, Scheduler
 from streaming.timeline import OutputTimeline, SessionClock
+from streaming.warmup import WarmUp, warm_up, warm_up_request
 from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
 
 log = logging.getLogger("livedub.session")
@@ -62,15 +63,21 @@ def widest_margins(*profiles) -> AudioMargins:
     return AudioMargins(max(p.audio_margins.left for p in profiles), max(p.audio_margins.right for p in profiles))
 
 
-def min_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings) -> float:
-    """The smallest budget with any time left to generate the first chunk (its window is captured whole
-    before it can start)."""
+MIN_GENERATION = 0.1  # seconds left to generate in when the generator's warm cost is not known yet
+
+
+def min_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings,
+              chunk_cost: float | None = None) -> float:
+    """The smallest budget in which a chunk is on time: its window captured whole with the generator's
+    lookahead, then generated at its warm cost (with the scheduler's safety factor) before its slot."""
+    generation = MIN_GENERATION if chunk_cost is None else max(MIN_GENERATION, chunk_cost * SAFETY)
     return (plan.window / FPS + right_margin + settings.capture_grace + settings.playout_margin
-            + settings.lead + 0.1)
+            + settings.lead + generation)
 
 
-def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: SessionSettings) -> float:
-    low = min_delay(plan, right_margin, settings)
+def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: SessionSettings,
+                chunk_cost: float | None = None) -> float:
+    low = min_delay(plan, right_margin, settings, chunk_cost)
     if not (isinstance(delay, (int, float)) and math.isfinite(delay) and low <= delay <= MAX_DELAY):
         raise InputError(f"bad delay {delay!r}: accepted is {low:.2f} to {MAX_DELAY:.0f} seconds "
                          f"(one {plan.window}-frame chunk plus generation time must fit in it)")
@@ -115,7 +122,7 @@ class LiveSession:
     def __init__(self, session_id: str, source, source_name: str, pool: GeneratorPool,
                  settings: SessionSettings, emit: Callable[[dict], None], clock: Clock = SYSTEM_CLOCK,
                  plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None,
-                 executor: concurrent.futures.Executor | None = None) -> None:
+                 executor: concurrent.futures.Executor | None = None, warm: bool = False) -> None:
         self.id = session_id
         self.pool = pool
         self.fallback_pool = fallback_pool
@@ -154,6 +161,8 @@ class LiveSession:
         self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
+        self._warm = warm  # run a warm-up chunk on the source before the first real one
+        self.warm_up: WarmUp | None = None
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _source_size(self) -> tuple[int, int]:
@@ -172,8 +181,23 @@ class LiveSession:
         return self.clock.session_time(self._now())
 
     # ---- the chunk loop -------------------------------------------------------------------------------
+    async def _warm_up(self) -> None:
+        """The generator's first, cold run on this source happens now, during chunk 0's capture; the
+        warm run's cost is the scheduler's first estimate of the best tier."""
+        tier = self.scheduler.tiers[0]
+        request = warm_up_request(self.timeline.idle, self.plan, self.profile.audio_margins, tier,
+                                  moving_source=self.live is not None or not self.engine.source.is_still)
+        try:
+            self.warm_up = await warm_up(self.pool, request, self._now)
+        except (Expired, PoolBusy, GeneratorFailed) as exc:
+            log.warning("session %s: warm-up failed (%s); the first chunk runs cold", self.id, exc)
+            return
+        self.scheduler.record(tier, self.warm_up.warm)
+
     async def _run(self) -> None:
         try:
+            if self._warm:
+                await self._warm_up()
             index = 0
             while not self._stop.is_set():
                 if self._speech_done(index):
@@ -397,6 +421,8 @@ class LiveSession:
                      "mean": round(float(np.mean(costs)), 4) if costs else None, **_percentiles(costs),
                      "generator_mean": round(float(np.mean(self.generator_seconds)), 4)
                      if self.generator_seconds else None},
+            "warm_up": None if self.warm_up is None else {"cold": round(self.warm_up.cold, 4),
+                                                          "warm": round(self.warm_up.warm, 4)},
             "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,
                        "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
                        "video_frames": self.live.frames_received if self.live is not None else 0},

@@ -39,6 +39,25 @@ class SlowGenerator(PassthroughGenerator):
         return result
 
 
+class ColdGenerator(PassthroughGenerator):
+    """Slow on its first chunk only (``cold`` seconds: set-up done lazily), ``warm`` seconds after."""
+
+    name = "cold"
+
+    def __init__(self, cold: float = 0.5, warm: float = 0.02) -> None:
+        self.cold, self.warm = cold, warm
+        self.calls = 0
+
+    def generate(self, request: ChunkRequest) -> ChunkResult:
+        time.sleep(self.cold if self.calls == 0 else self.warm)
+        self.calls += 1
+        return super().generate(request)
+
+
+def build_cold(**options) -> ColdGenerator:
+    return ColdGenerator(**options)
+
+
 def build_raising(**options) -> RaisingGenerator:
     return RaisingGenerator(**options)
 
@@ -55,4 +74,5 @@ REGISTRY = {
     "raising": (__name__, "build_raising", "raises on chosen chunks"),
     "raising_first": (__name__, "build_raising_first", "raises on the first chunk"),
     "slow": (__name__, "build_slow", "sleeps per chunk"),
+    "cold": (__name__, "build_cold", "slow on its first chunk only"),
 }

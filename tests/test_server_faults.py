@@ -135,3 +135,33 @@ async def test_a_dead_worker_process_hits_only_its_own_session(tmp_path):
             assert pools[a].restarts == 1 and pools[b].deaths == 0
     finally:
         await server.stop()
+
+
+async def test_a_finished_speech_file_ends_its_session_once_played_out(tmp_path, loopback):
+    """The sender says its speech is over, by the control op ``end_ingest`` (session C) or by stopping
+    its audio sender, whose RTCP BYE ends the server's received track (session D): both sessions play out
+    what they captured, a delay later, and end with ``ingest_ended`` instead of idling."""
+    server = await start_server(str(tmp_path / "sources"), size="128x128")
+    try:
+        async with ControlClient(control_url(server)) as control, aiohttp.ClientSession() as http:
+            c = await control.request("create", source="red")
+            d = await control.request("create", source="blue")
+            senders = [Publisher(http), Publisher(http)]
+            await senders[0].publish(c["whip"], SpeechTrack(speech_48k(1.5)))
+            await senders[1].publish(d["whip"], SpeechTrack(speech_48k(1.5)))
+            await asyncio.sleep(1.0)
+            reply = await control.request("end_ingest", session=c["session"])
+            await senders[1].pc.getSenders()[0].stop()  # RTCP BYE
+            ended_input = time.monotonic()
+            assert 0.5 < reply["ends_at"] < 1.6
+            seen: list[dict] = []
+            reasons = {}
+            for _ in range(2):
+                event = await _event(control, seen, lambda e: e["event"] == "ended", 10)
+                reasons[event["session"]] = event["reason"]
+            assert reasons == {c["session"]: "ingest_ended", d["session"]: "ingest_ended"}
+            assert time.monotonic() - ended_input >= 4.2 - 1.5  # played out a delay later, not cut
+            for sender in senders:
+                await sender.close(delete=False)
+    finally:
+        await server.stop()

@@ -187,3 +187,14 @@ async def test_a_track_woken_late_skips_ahead_instead_of_bursting_and_ends_with_
     with pytest.raises(MediaStreamError):
         await _recv(clock, track)  # past the end of the speech
     assert track.readyState == "ended"
+
+
+def test_scheduler_estimate_recovers_within_one_chunk_once_the_load_drops():
+    full = Tier("full")
+    scheduler = Scheduler((full,), safety=1.2)
+    scheduler.record(full, 0.2)
+    scheduler.record(full, 1.0)  # a loaded moment: the estimate rises (smoothed)
+    assert scheduler.estimate(full) == pytest.approx(0.6)
+    assert scheduler.choose(0.5).skipped
+    scheduler.record(full, 0.2)  # the load has gone: the next chunk's cost is the estimate again
+    assert scheduler.estimate(full) == pytest.approx(0.2) and scheduler.choose(0.3).tier == full

@@ -4,6 +4,8 @@ server has never heard of gets exactly what its record asks for."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from _server_support import write_still
@@ -26,11 +28,12 @@ def manager_of(tmp_path, monkeypatch):
     write_still(str(folder / "red.png"), (200, 30, 30))
     made = []
 
-    def make(default: str, **declared: ServingNeeds) -> SessionManager:
+    def make(default: str, delay: float = 1.0, **declared: ServingNeeds) -> SessionManager:
         for name, needs in declared.items():
-            monkeypatch.setitem(GENERATORS, name, PASSTHROUGH)
+            if name not in GENERATORS:  # a name only declared here builds the passthrough generator
+                monkeypatch.setitem(GENERATORS, name, PASSTHROUGH)
             monkeypatch.setitem(SERVING, name, needs)
-        config = ServerConfig(sources=str(folder), generator=default, delay=1.0, size=(64, 64))
+        config = ServerConfig(sources=str(folder), generator=default, delay=delay, size=(64, 64))
         manager = SessionManager(config, SourceLibrary(str(folder)), plan=ChunkPlan(window=9, context=3))
         made.append(manager)
         return manager
@@ -83,3 +86,54 @@ async def test_a_missing_required_option_is_refused_before_any_worker(manager_of
         assert not manager.sessions
     finally:
         await manager.close()
+
+
+@pytest.fixture
+def fault_registry(monkeypatch):
+    import server_fault_generators
+
+    for name, entry in server_fault_generators.REGISTRY.items():
+        monkeypatch.setitem(GENERATORS, name, entry)
+
+
+async def test_a_session_warms_its_generator_before_its_first_chunk_and_starts_from_the_warm_cost(
+        manager_of, fault_registry):
+    manager = manager_of("cold", cold=ServingNeeds(worker="thread"))
+    try:
+        session = await manager.create("red")
+        ok = await _until(lambda: session.warm_up is not None)
+        assert ok, "no warm-up"
+        # The cold first run (0.5 s) happened in the warm-up; the scheduler only ever saw the warm one.
+        assert session.warm_up.cold >= 0.5 > session.warm_up.warm
+        full = session.scheduler.tiers[0]
+        assert session.scheduler.measured(full) and session.scheduler.estimate(full) < 0.5
+        assert manager.warm_cost("cold") == session.warm_up.warm
+    finally:
+        await manager.close()
+
+
+async def test_a_delay_below_what_the_generator_needs_is_refused_at_start_up(manager_of, fault_registry):
+    # Window 9 frames (0.36 s) + grace, margin, lead (0.22 s) + a 0.3 s warm chunk x 1.2: at least 0.94 s.
+    manager = manager_of("slow", slow=ServingNeeds(worker="thread"), delay=0.8)
+    manager.config = dataclasses.replace(manager.config, generator_options=(("seconds", 0.3),))
+    try:
+        with pytest.raises(InputError, match=r"^--delay: bad delay 0.8: accepted is 0\.9\d to 30 seconds"):
+            await manager.prepare()
+    finally:
+        await manager.close()
+    good = manager_of("slow", slow=ServingNeeds(worker="thread"), delay=1.2)
+    good.config = dataclasses.replace(good.config, generator_options=(("seconds", 0.3),))
+    try:
+        assert await good.prepare() == "slow" and 0.3 <= good.warm_cost("slow") < 0.45
+    finally:
+        await good.close()
+
+
+async def _until(condition, limit: float = 10.0) -> bool:
+    import asyncio
+    import time
+
+    end = time.monotonic() + limit
+    while not condition() and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    return condition()

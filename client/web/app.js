@@ -125,6 +125,8 @@ async function speechStream() {
   player.buffer = buffer;
   const destination = audioContext.createMediaStreamDestination();
   player.connect(destination);
+  // A file or the demo that has played out: the session plays out what it captured and ends by itself.
+  player.onended = () => { if (created) request("end_ingest", { session: created.session }).catch(() => {}); };
   player.start();
   return destination.stream;
 }
