@@ -11,6 +11,10 @@ WHIP and is watched by one WHEP viewer. Printed per run:
 - the server process's CPU per session (utime + stime over wall time, all its threads);
 - chunks late / skipped / failed, from the sessions' stats.
 ``--sessions 1 2 4`` runs one measurement per count; the largest count with no late chunk is reported.
+``--viewers 0 24`` adds that many more WHEP viewers to each session (in a child process whose viewers
+count frames without decoding them, so that the clients' decoding does not take the server's cores);
+their fps and the server's CPU per additional viewer are printed. The load average is printed beside
+the figures: the machine may be shared.
 
 Run:  PYTHONPATH=$PWD .venv/bin/python bench/bench_server.py [--generator lite] [--sessions 1 2 4]
       [--seconds 20] [--delay 5.5] [--source video|still|live] [--size 512x512] [--stagger 0.7]
@@ -150,6 +154,55 @@ def server_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+class _CountOnly:
+    """A stand-in decoder: one tiny frame per received video frame (its RTP timestamp kept)."""
+
+    def decode(self, encoded_frame):
+        frame = av.VideoFrame(16, 16, "yuv420p")
+        frame.pts, frame.time_base = encoded_frame.timestamp, Fraction(1, 90_000)
+        return [frame]
+
+
+def count_viewers_main(whep: str, count: int, seconds: float) -> None:
+    """Child process: ``count`` WHEP viewers of ``whep`` that count video frames for ``seconds``; prints
+    each one's steady fps (the middle of the run) and this process's CPU share as JSON."""
+    import aiortc.rtcrtpreceiver
+
+    real = aiortc.rtcrtpreceiver.get_decoder
+    aiortc.rtcrtpreceiver.get_decoder = lambda codec: _CountOnly() if codec.mimeType.startswith("video") else real(codec)
+
+    async def main() -> dict:
+        arrivals = [[] for _ in range(count)]
+        async with aiohttp.ClientSession() as http:
+            viewers = [Viewer(http, lambda kind, frame, at, i=i: arrivals[i].append(at) if kind == "video" else None)
+                       for i in range(count)]
+            for viewer in viewers:
+                await viewer.watch(whep)
+            started = time.monotonic()
+            cpu0 = time.process_time()
+            await asyncio.sleep(seconds)
+            cpu = (time.process_time() - cpu0) / (time.monotonic() - started)
+            for viewer in viewers:
+                await viewer.close(delete=False)
+        fps = []
+        for times in arrivals:
+            steady = [t for t in times if started + 1.0 <= t <= started + seconds - 0.5]
+            fps.append((len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0)
+        return {"fps": fps, "cpu": cpu}
+
+    print(json.dumps(asyncio.run(main())), flush=True)
+
+
+async def extra_viewers(whep: str, count: int, seconds: float) -> dict | None:
+    if count <= 0:
+        return None
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.abspath(__file__), "--count-viewers", whep, str(count), str(seconds),
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 async def one_session(base: str, index: int, args, speech: np.ndarray, camera: list | None) -> dict:
     await asyncio.sleep(index * args.stagger)
     capture = Capture(camera is not None)
@@ -167,6 +220,7 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
             whep = f"{base}whep/{session}"
         posted = time.monotonic()
         await viewer.watch(whep)
+        extra = asyncio.ensure_future(extra_viewers(whep, args.extra_viewers, args.seconds + args.delay - 1.0))
         if camera is None:
             await publisher.publish(whip, track)
         while not capture.video_arrivals and time.monotonic() - posted < 10:
@@ -175,6 +229,7 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
         while track.started_at is None or time.monotonic() < track.started_at + args.seconds + args.delay + 0.5:
             await asyncio.sleep(0.2)
         stats = (await control.request("stats", session=session))["stats"]
+        extra = await extra
         await publisher.close()
         await viewer.close(delete=False)
     received_at, received = place_audio(capture.audio)
@@ -186,7 +241,7 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
     return {"audio_delays": audio, "video_delays": video, "fps": fps, "first_frame": first_frame,
             "server_fps": stats["fps_out"], "av_send": stats["av_offset_send"], "server_skipped": stats["frames_skipped"],
             "chunks": stats["chunks"], "tiers": stats["tiers"], "cost": stats["cost"]["mean"],
-            "generator": stats["cost"]["generator_mean"]}
+            "generator": stats["cost"]["generator_mean"], "extra": extra}
 
 
 def percentiles(values) -> str:
@@ -226,9 +281,16 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     print(f"WHEP POST to first frame: {first}")
     print(f"server CPU (with its worker processes): {cpu * 100:.0f}% of one core in all, "
           f"{cpu * 100 / sessions:.0f}% per session; the clients (this process, same machine): {own * 100:.0f}%")
+    extra = [r["extra"] for r in results if r["extra"]]
+    if extra:
+        fps_extra = [f for e in extra for f in e["fps"]]
+        print(f"{args.extra_viewers} more viewers per session (counting frames, not decoding): fps min "
+              f"{min(fps_extra):.2f}, median {np.median(fps_extra):.2f}; their process's CPU "
+              f"{', '.join(str(round(e['cpu'] * 100)) + '%' for e in extra)}")
+    print(f"load average while it ran: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "
           f"tiers {[r['tiers'] for r in results]}; cost per chunk (mean, submission to result) {costs}")
-    return {"sessions": sessions, "late": late}
+    return {"sessions": sessions, "late": late, "cpu": cpu}
 
 
 def main() -> int:
@@ -241,10 +303,16 @@ def main() -> int:
                         help="library clip (panning camera), library still portrait, or live stamped camera")
     parser.add_argument("--size", default="512x512")
     parser.add_argument("--worker", choices=("auto", "thread", "process"), default="auto")
+    parser.add_argument("--viewers", type=int, nargs="+", default=[0], metavar="N",
+                        help="more WHEP viewers per session, one measurement per number (they count frames)")
+    parser.add_argument("--count-viewers", nargs=3, metavar=("WHEP", "N", "SECONDS"), help=argparse.SUPPRESS)
     parser.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
                         help="start session i at i * SECONDS (0: all at once, the worst case: every "
                              "session's chunks fall due together)")
     args = parser.parse_args()
+    if args.count_viewers:
+        count_viewers_main(args.count_viewers[0], int(args.count_viewers[1]), float(args.count_viewers[2]))
+        return 0
     folder = tempfile.mkdtemp(prefix="livedub-bench-")
     clip, speech_path = prepare_live(folder)
     speech = read_speech(speech_path)
@@ -256,7 +324,8 @@ def main() -> int:
     port = 18000 + os.getpid() % 1000
     server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--sources", folder, "--port", str(port),
                                "--generator", args.generator, "--size", args.size, "--max-sessions",
-                               str(max(args.sessions)), "--worker", args.worker, "--log-level", "WARNING"], cwd=ROOT,
+                               str(max(args.sessions)), "--max-viewers", str(max(args.viewers) + 1),
+                               "--delay", str(args.delay), "--worker", args.worker, "--log-level", "WARNING"], cwd=ROOT,
                               env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/"
     try:
@@ -267,12 +336,20 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
         print(server.stdout.readline().strip())
-        clean = []
-        for count in args.sessions:
-            result = asyncio.run(run(base, server.pid, count, args, speech, camera))
-            if result["late"] == 0:
-                clean.append(count)
-        print(json.dumps({"sessions_with_no_late_chunk": clean, "cores": os.cpu_count()}))
+        clean, cpu_by_viewers = [], {}
+        for viewers in args.viewers:
+            args.extra_viewers = viewers
+            for count in args.sessions:
+                result = asyncio.run(run(base, server.pid, count, args, speech, camera))
+                if result["late"] == 0 and viewers == args.viewers[0]:
+                    clean.append(count)
+                cpu_by_viewers.setdefault(count, {})[viewers] = result["cpu"]
+        summary = {"sessions_with_no_late_chunk": clean, "cores": os.cpu_count()}
+        for count, by_viewers in cpu_by_viewers.items():
+            if len(by_viewers) > 1:
+                (v0, c0), (v1, c1) = min(by_viewers.items()), max(by_viewers.items())
+                summary[f"server_cpu_per_additional_viewer_{count}_sessions"] = round((c1 - c0) / ((v1 - v0) * count), 4)
+        print(json.dumps(summary))
     finally:
         server.terminate()
         server.wait(10)

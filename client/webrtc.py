@@ -140,9 +140,16 @@ class Viewer:
         except MediaStreamError:
             self.ended.set()
 
-    async def watch(self, url: str, video: bool = True, audio: bool = True) -> str:
+    async def watch(self, url: str, video: bool = True, audio: bool = True, codec: str | None = None) -> str:
+        """``codec``: the video codec to ask for ("video/VP8" or "video/H264"; default: both, VP8 first)."""
         if video:
-            self.pc.addTransceiver("video", direction="recvonly")
+            transceiver = self.pc.addTransceiver("video", direction="recvonly")
+            if codec is not None:
+                from aiortc import RTCRtpReceiver
+
+                wanted = [c for c in RTCRtpReceiver.getCapabilities("video").codecs
+                          if c.mimeType.lower() in (codec.lower(), "video/rtx")]
+                transceiver.setCodecPreferences(wanted)
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.resource = await _post_offer(self.http, url, self.pc, self.token)

@@ -18,6 +18,7 @@ from typing import Callable
 from model.base import Tier
 from model.registry import serving_needs
 from server.config import ServerConfig
+from server.egress import Egress
 from server.offers import Offer
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
@@ -54,6 +55,7 @@ class _Entry:
     viewers: dict[str, Peer] = dataclasses.field(default_factory=dict)
     watcher: asyncio.Task | None = None
     own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
+    egress: Egress | None = None  # the session's encoders, shared by its viewers (made for the first)
 
 
 class SessionManager:
@@ -321,7 +323,9 @@ class SessionManager:
         if len(entry.viewers) >= self.config.max_viewers:
             raise LimitReached(f"viewer limit reached for session {session_id} ({self.config.max_viewers})")
         viewer_id = secrets.token_hex(6)
-        peer, answer = await open_viewer(entry.session, viewer_id, offer, self.config.ice_servers,
+        if entry.egress is None:
+            entry.egress = Egress(entry.session.playout, entry.session.output_size)
+        peer, answer = await open_viewer(entry.session, entry.egress, viewer_id, offer, self.config.ice_servers,
                                          lambda: asyncio.ensure_future(self._viewer_gone(session_id, viewer_id)),
                                          self.config.connect_timeout)
         if session_id not in self._entries:
@@ -360,6 +364,8 @@ class SessionManager:
         peers = ([entry.ingest] if entry.ingest else []) + list(entry.viewers.values())
         await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
                              return_exceptions=True)
+        if entry.egress is not None:
+            entry.egress.close()
         self._entries.pop(entry.session.id, None)
         log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
 

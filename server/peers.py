@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from server.config import IceServer
 from server.offers import Offer, OfferError
-from server.tracks import SessionAudioTrack, SessionVideoTrack
+from server.egress import Egress
 from streaming.session import LiveSession
 
 log = logging.getLogger("livedub.peers")
@@ -75,6 +75,7 @@ class Peer:
                  connect_timeout: float) -> None:
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.tasks: list[asyncio.Task] = []
+        self.tracks: list[MediaStreamTrack] = []  # output tracks, stopped (unsubscribed) on close
         self._gone = False
         self._on_gone = on_gone
         self._deadline = asyncio.get_running_loop().call_later(connect_timeout, self._not_connected)
@@ -104,6 +105,8 @@ class Peer:
         self._gone = True  # closed by us: not "gone" (on_gone would remove it a second time)
         self._deadline.cancel()
         await self.pc.close()
+        for track in self.tracks:
+            track.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -131,10 +134,11 @@ async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[Ice
         raise
 
 
-async def open_viewer(session: LiveSession, viewer_id: str, offer: Offer,
+async def open_viewer(session: LiveSession, egress: Egress, viewer_id: str, offer: Offer,
                       ice_servers: tuple[IceServer, ...], on_gone: Callable[[], None],
                       connect_timeout: float) -> tuple[Peer, str]:
-    """Answer a WHEP offer with the session's video and speech tracks."""
+    """Answer a WHEP offer with the session's encoded video (in the codec the viewer prefers of those
+    both sides have, VP8 or H.264) and speech (Opus), shared with every other viewer of the session."""
     peer = Peer(ice_servers, on_gone, connect_timeout)
 
     @peer.pc.on("track")
@@ -145,12 +149,28 @@ async def open_viewer(session: LiveSession, viewer_id: str, offer: Offer,
         await _set_offer(peer.pc, offer)
         for transceiver in peer.pc.getTransceivers():
             if transceiver.kind == "video" and "video" in offer.media:
-                peer.pc.addTrack(SessionVideoTrack(session.playout, viewer_id))
+                track = egress.video_track(_negotiated(transceiver), viewer_id)
+                sender = peer.pc.addTrack(track)
+                # aiortc turns a viewer's PLI/FIR into a flag for its own encoder; with pre-encoded
+                # packets the session's encoder must make the keyframe instead.
+                sender._send_keyframe = track.encoder.request_keyframe
+                peer.tracks.append(track)
             elif transceiver.kind == "audio" and "audio" in offer.media:
-                peer.pc.addTrack(SessionAudioTrack(session.playout, viewer_id))
+                track = egress.speech_track(viewer_id)
+                peer.pc.addTrack(track)
+                peer.tracks.append(track)
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
         return peer, peer.pc.localDescription.sdp
     except Exception:
         session.playout.forget_viewer(viewer_id)  # the tracks registered the viewer
         await peer.close()
         raise
+
+
+def _negotiated(transceiver) -> str:
+    """The video codec the sender will use: the first common one, in the offer's order of preference
+    (aiortc keeps the negotiated list in ``_codecs`` once the offer is set)."""
+    for codec in transceiver._codecs:
+        if codec.mimeType.lower() != "video/rtx":
+            return "video/H264" if codec.mimeType.lower() == "video/h264" else codec.mimeType
+    raise OfferError("bad SDP offer: no video codec in common (accepted are VP8 and H.264)")

@@ -73,6 +73,10 @@ class VirtualClock:
         self._now = target
         await settle()
 
+    def jump(self, seconds: float) -> None:
+        """Time passes with nothing running (a blocked event loop): sleepers wake late, at the next step."""
+        self._now += seconds
+
     async def run_until(self, condition, limit: float, step: float = 0.02) -> bool:
         """Advance in ``step``s until ``condition()`` holds (True) or ``limit`` seconds passed (False)."""
         end = self._now + limit

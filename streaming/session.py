@@ -165,6 +165,11 @@ class LiveSession:
         self.warm_up: WarmUp | None = None
 
     # ---- set-up -------------------------------------------------------------------------------------
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the output frames (fixed for the session's life)."""
+        return tuple(self.timeline.idle.shape[:2])
+
     def _source_size(self) -> tuple[int, int]:
         return self.live.size if self.live is not None else self.engine.source.size
 

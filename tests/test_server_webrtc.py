@@ -159,3 +159,38 @@ async def test_whip_with_video_makes_the_live_video_the_source(tmp_path, loopbac
     assert colours[0][1] < 50  # before the first chunk: the placeholder (black)
     green = [c for c in colours if c[1] > 150 and c[0] < 80]
     assert len(green) > 25 and colours[-1][1] > 150  # then the live camera's frames
+
+
+async def test_viewers_share_one_encode_per_codec_and_get_the_codec_they_ask_for(tmp_path, loopback):
+    server = await start_server(str(tmp_path / "sources"), size="128x128")
+    captures = [Capture() for _ in range(4)]
+    codecs = ["video/VP8", "video/VP8", "video/H264", "video/H264"]
+    try:
+        async with ControlClient(control_url(server)) as control, aiohttp.ClientSession() as http:
+            created = await control.request("create", source="red", delay=DELAY)
+            viewers = [Viewer(http, capture) for capture in captures]
+            for viewer, codec in zip(viewers, codecs):
+                await viewer.watch(created["whep"], codec=codec)
+            publisher = Publisher(http)
+            await publisher.publish(created["whip"], SpeechTrack(speech_48k(3.0)))
+            await asyncio.sleep(3.0)
+            egress = server.manager._entry(created["session"]).egress
+            encoded = {mime: encoder.encoded for mime, encoder in egress.video.items()}
+            sent = [server.manager.get(created["session"]).viewers[v].frames
+                    for v in server.manager._entry(created["session"]).viewers]
+            negotiated = [v.pc.getTransceivers()[0].receiver._RTCRtpReceiver__codecs for v in viewers]
+            await publisher.close()
+            for viewer in viewers:
+                await viewer.close(delete=False)
+    finally:
+        await server.stop()
+    # One encoder per codec, each frame encoded once for both of its viewers.
+    assert set(encoded) == {"video/VP8", "video/H264"}
+    assert all(count >= 60 for count in encoded.values()) and max(sent) <= max(encoded.values()) + 2
+    for capture, codec, codecs_in_use in zip(captures, codecs, negotiated):
+        assert codecs_in_use and all(c.mimeType.lower() in (codec.lower(), "video/rtx") for c in codecs_in_use.values())
+        arrivals = np.array([a for a, _, _ in capture.video])
+        assert len(arrivals) >= 60  # decoded frames, at 25 fps
+        steps = np.diff([pts for _, pts, _ in capture.video])
+        assert np.median(steps) == 3600
+        assert all(c[0] > 150 and c[2] < 80 for _, _, c in capture.video[-10:])  # the red source
