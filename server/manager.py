@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
+from streaming.events import SessionEvent, message
 from streaming.livesource import LiveVideoSource
 from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
 from streaming.source import VideoSource
@@ -87,6 +89,9 @@ class SessionManager:
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _emit_event(self, session_id: str, event: SessionEvent) -> None:
+        self.emit(message(event, session_id))
 
     def emit(self, event: dict) -> None:
         for listener in list(self._listeners):
@@ -282,7 +287,9 @@ class SessionManager:
             needs = serving_needs(spec.name)
             # A generator of the session's own is warmed on the session's source (a shared one was
             # warmed at start-up and serves other sessions' chunks meanwhile).
-            session = LiveSession(session_id, media, name, pool, settings, self.emit, plan=self.plan,
+            # Events are typed up to here; listeners (control, MQTT) get them as JSON-ready dicts.
+            emit = functools.partial(self._emit_event, session_id)
+            session = LiveSession(session_id, media, name, pool, settings, emit, plan=self.plan,
                                   fallback_pool=fallback, warm=needs.warm_up and not needs.shared)
             await session.start()
         except BaseException:

@@ -28,6 +28,7 @@ from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, AudioMargins, ChunkRe
 from model.passthrough import unchanged_frames
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.engine import AudioTrack, ChunkEngine
+from streaming.events import ChunkDone, ChunkSlot, Degraded, Ended, SessionError, SessionEvent
 from model.errors import InputError
 from streaming.clock import SYSTEM_CLOCK, Clock, sleep_unless
 from streaming.ingest import LiveAudioIngest
@@ -120,7 +121,7 @@ def _percentiles(values) -> dict:
 
 class LiveSession:
     def __init__(self, session_id: str, source, source_name: str, pool: GeneratorPool,
-                 settings: SessionSettings, emit: Callable[[dict], None], clock: Clock = SYSTEM_CLOCK,
+                 settings: SessionSettings, emit: Callable[[SessionEvent], None], clock: Clock = SYSTEM_CLOCK,
                  plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None,
                  executor: concurrent.futures.Executor | None = None, warm: bool = False) -> None:
         self.id = session_id
@@ -215,7 +216,7 @@ class LiveSession:
                 await self._sleep_until(self.clock.frame_due(self.end_frame) + 0.1)
         except Exception as exc:  # noqa: BLE001 - a bug ends this session only, with an error event
             log.exception("session %s failed", self.id)
-            self._event("error", code="session_failed", message=f"{type(exc).__name__}: {exc}"[:300])
+            self._emit(SessionError("session_failed", f"{type(exc).__name__}: {exc}"[:300]))
             self.end_reason = self.end_reason or "failed"
         finally:
             self._finish(self.end_reason or ("stopped" if self._stop.is_set() else "ingest_ended"))
@@ -268,17 +269,16 @@ class LiveSession:
         request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window)
         self.timeline.offer(index, fallback, "fallback")
         decision = self.scheduler.choose(deadline - self._now())
-        report = {"chunk": index, "slot_at": round(slot_due - self.clock.origin, 3), "speech_fraction": speech}
+        report = ChunkSlot(index, round(slot_due - self.clock.origin, 3), speech)
         if decision.skipped:
             self.tier_counts["skip"] += 1
-            self._event("degraded", **report, action="skip", time_left=round(decision.time_left, 3),
-                        reason="no tier fits the time left before the slot")
+            self._emit(Degraded(report, "skip", round(decision.time_left, 3),
+                                reason="no tier fits the time left before the slot"))
             return self._fell_back(index, request, fallback, "skipped", report)
         self.tier_counts[decision.tier.name] += 1
         if decision.degraded:
-            self._event("degraded", **report, action="tier", tier=decision.tier.name,
-                        time_left=round(decision.time_left, 3),
-                        estimate=None if decision.estimate is None else round(decision.estimate, 3))
+            self._emit(Degraded(report, "tier", round(decision.time_left, 3), tier=decision.tier.name,
+                                estimate=None if decision.estimate is None else round(decision.estimate, 3)))
         started = self._now()
         pool = self.fallback_pool if decision.tier.name == FALLBACK_TIER else self.pool
         try:
@@ -287,7 +287,7 @@ class LiveSession:
             return self._fell_back(index, request, fallback, "late", report, str(exc))
         except GeneratorFailed as exc:
             code = "worker_died" if isinstance(exc, WorkerDied) else "generator_failed"
-            self._event("error", chunk=index, code=code, message=str(exc)[:300])
+            self._emit(SessionError(code, str(exc)[:300], chunk=index))
             return self._fell_back(index, request, fallback, "failed", report)
         cost = self._now() - started
         self.scheduler.record(decision.tier, cost)
@@ -300,16 +300,15 @@ class LiveSession:
             return self._fell_back(index, request, fallback, "late", report, "colour correction", cost)
         self.timeline.offer(index, frames, "generated")
         self.counts["generated"] += 1
-        self._event("chunk", **report, status="on_time", tier=decision.tier.name, seconds=round(cost, 4),
-                    generator_seconds=round(result.seconds, 4), info=_jsonable(result.info))
+        self._emit(ChunkDone(report, "on_time", decision.tier.name, round(cost, 4), round(result.seconds, 4),
+                             info=_jsonable(result.info)))
 
-    def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: dict,
+    def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: ChunkSlot,
                    reason: str | None = None, cost: float | None = None) -> None:
         """The slot keeps its fallback frames, and the next chunk continues from them."""
         self.engine.set_context(fallback, request.context_frames)
         self.counts[status] += 1
-        extra = {} if cost is None else {"seconds": round(cost, 4)}
-        self._event("chunk", **report, status=status, **extra, **({"reason": reason} if reason else {}))
+        self._emit(ChunkDone(report, status, seconds=None if cost is None else round(cost, 4), reason=reason))
 
     def _live_window(self, chunk):
         reference = nearest_keyframe(chunk.start_frame, self.settings.keyframe_interval)
@@ -382,7 +381,7 @@ class LiveSession:
         self.end_reason = reason
         self.playout.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._event("ended", reason=reason)
+        self._emit(Ended(reason))
         self.finished.set()
 
     # ---- ingest (called by the WHIP peer) ------------------------------------------------------------------
@@ -402,9 +401,6 @@ class LiveSession:
         return self.playout.viewers
 
     # ---- reporting ------------------------------------------------------------------------------------
-    def _event(self, name: str, **fields) -> None:
-        self._emit({"type": "event", "event": name, "session": self.id, **fields})
-
     def stats(self) -> dict:
         now = self._now()
         costs = list(self.costs)

@@ -21,6 +21,7 @@ from model.base import Tier
 from _server_support import audio_frame
 from streaming.chunker import ChunkPlan
 from streaming.clock import InlineExecutor, VirtualClock
+from streaming.events import message
 from streaming.ingest import PLAYOUT_RATE
 from streaming.errors import InputError
 from streaming.session import LiveSession, SessionSettings, check_delay
@@ -102,6 +103,11 @@ async def _run(session: LiveSession, seconds: float) -> list[tuple[int, str, np.
     return played
 
 
+def _recorder(log: list[dict]):
+    """The session's emit callback: its typed events, kept as the control protocol sends them."""
+    return lambda event: log.append(message(event, "s1"))
+
+
 def _events(log: list[dict], name: str) -> list[dict]:
     return [e for e in log if e["event"] == name]
 
@@ -113,7 +119,7 @@ def _colour(image: np.ndarray) -> tuple[int, int, int]:
 async def _session(pool, source_path, events, delay=1.0, clock=None, **settings) -> LiveSession:
     virtual = {} if clock is None else {"clock": clock, "executor": InlineExecutor()}
     session = LiveSession("s1", VideoSource(source_path, (64, 64)), "red", pool,
-                          SessionSettings(delay=delay, **settings), events.append, plan=PLAN, **virtual)
+                          SessionSettings(delay=delay, **settings), _recorder(events), plan=PLAN, **virtual)
     await session.start()
     return session
 
@@ -255,7 +261,7 @@ async def test_a_generator_too_slow_for_any_tier_hands_its_chunks_to_the_fallbac
     events: list[dict] = []
     try:
         session = LiveSession("s1", VideoSource(stills[0], (64, 64)), "red", pool,
-                              SessionSettings(delay=1.0, tiers=(Tier("full"),)), events.append, plan=PLAN,
+                              SessionSettings(delay=1.0, tiers=(Tier("full"),)), _recorder(events), plan=PLAN,
                               fallback_pool=fallback)
         await session.start()
         await _run(session, 2.5)
