@@ -290,13 +290,14 @@ def _paint_cavity(region: np.ndarray, g: MouthGeometry, hole_top: np.ndarray, ho
     tongue = smoothstep((depth - ridge) / 0.22 + 0.5) * (1 - smoothstep((across - 0.55) / 0.4)) * (0.35 + 0.65 * wide)
     lit = 0.55 + 0.3 * (1 - smoothstep(np.abs(depth - ridge - 0.12) / 0.25)) - 0.25 * across
     colour += tongue[..., None] * (lip * np.array([0.78, 0.42, 0.42], np.float32) * lit[..., None] - colour)
-    # Under the upper edge, the back of the teeth (or the lip's inner face) in shadow: greyed, not black.
+    # Under the upper edge, the back of the teeth (or the lip's inner face) in shadow: dim, not black.
     underside = (1 - smoothstep((v - top) / (2.0 * feather))) * (1 - 0.5 * across)
     colour += underside[..., None] * (lip * 0.42 - colour)
     # The lower teeth's edge, just above the lower lip in the middle of a wide-open mouth.
     band = LOWER_TEETH * g.inner_half_width * wide
-    lower_teeth = smoothstep((v - (bottom - band)) / np.maximum(0.5 * band, 0.5)) * (1 - smoothstep((across - 0.35) / 0.3))
-    colour += (0.45 * lower_teeth)[..., None] * (g.teeth_colour[None, None, :] * 0.85 - colour)
+    lower_teeth = (smoothstep((v - (bottom - band)) / np.maximum(0.5 * band, 0.5))
+                   * (1 - smoothstep((across - 0.35) / 0.3)) * 0.5 * wide ** 2)
+    colour += lower_teeth[..., None] * (g.teeth_colour[None, None, :] * 0.88 - colour)
     _paint_upper_teeth(colour, g, u, v, top, size, across)
     patch = region[r0:r1, c0:c1]
     patch += alpha[..., None] * (colour - patch)
