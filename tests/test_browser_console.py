@@ -117,6 +117,17 @@ def test_console_at_1280x720(server, browser, tmp_path):  # noqa: F811
     assert "session started on red with passthrough, 4.20 s behind" in texts["events"]["text"]
     _shot(browser, tmp_path, "3-live")
 
+    # Speakers: a server with assign_speaker takes the choice (or refuses it in words); one without says so.
+    if report["speakers"]["supported"]:
+        assert _text(browser, "speakers-state").startswith(("one speech input", "two speakers"))
+        browser.execute_script("const s = document.getElementById('speaker-1'); s.value = '1';"
+                               "s.dispatchEvent(new Event('change'))")
+        report = _poll(browser, lambda r: r["speakers"]["assigned"] or _text(browser, "speakers-note").startswith("not"), 5)
+        assert re.match(r"speaker 1 moves face 2 from chunk \d+|not assigned: .+", _text(browser, "speakers-note"))
+    else:
+        assert browser.execute_script("return document.getElementById('speaker-1').disabled")
+        assert "cannot assign speakers" in _text(browser, "speakers-note")
+
     # Swap from the page: clicking a thumbnail picks the target; the reference, the pickers and an event follow.
     browser.find_element("css selector", "#thumbs button[data-source='blue']").click()
     assert browser.execute_script("return document.getElementById('swap-source').value") == "blue"

@@ -331,6 +331,7 @@ async function refreshStats() {
   $("s-cost").textContent = `${stats.generator}, ${T.millis(stats.cost.mean)} per chunk`;
   $("s-ingest").textContent = `${T.seconds(stats.ingest.seconds, 1)}${stats.ingest.ended ? " (ended)" : ""}`;
   if (stats.source !== report.reference) showReference(stats.source);
+  showSpeakers(stats.ingest.speaker2);
 }
 
 // ---- reference swaps and speakers ----------------------------------------------------------------------
@@ -356,12 +357,29 @@ function enableSpeakers() {
   if (report.speakers.supported) speakerNote("each speaker's speech moves the face chosen here");
 }
 
+// A second speaker's ingest (POST /whip/ID?speaker=2), when the server has one: its state and the faces.
+function showSpeakers(second) {
+  if (!report.speakers.supported) return;
+  report.speakers.second = second || null;
+  $("speakers-state").textContent = !second ? "one speech input; speaker 2 joins with POST /whip/ID?speaker=2"
+    : `two speakers: speaker 2 ${second.ended ? "has ended" : `sending (${second.frames} packets)`}`;
+  if (second) showFaces(second.faces);
+}
+
+function showFaces(faces) {
+  (faces || []).forEach((face, i) => {
+    const select = $(`speaker-${i + 1}`);
+    if (select && Number.isInteger(face) && document.activeElement !== select) select.value = String(face);
+  });
+}
+
 async function assignSpeaker(select) {
   const speaker = Number(select.dataset.speaker), face = Number(select.value);
   try {
     const reply = await request("assign_speaker", { session: created.session, speaker, face });
     report.speakers.assigned.push(reply);
-    speakerNote(`speaker ${speaker} now moves face ${face + 1}`);
+    showFaces(reply.faces);
+    speakerNote(`speaker ${speaker} moves face ${face + 1} from chunk ${reply.chunk ?? "next"}`);
   } catch (error) {
     // Refused (one speaker only, no such face, an older server): say so and leave the control as it was.
     speakerNote(`not assigned: ${error.message}`);
