@@ -43,7 +43,8 @@ async function loadConfig() {
   const config = (report.config = await getJson("/config"));
   const { min, max, default: fallback } = config.delay;
   Object.assign($("delay"), { min: String(min), max: String(max), placeholder: `default ${fallback.toFixed(2)}` });
-  $("delay-hint").textContent = `${config.generator} needs at least ${min.toFixed(2)} s (up to ${max} s)`;
+  const about = config.delay.exact ? "" : "about ";  // the generator's lookahead is not known yet
+  $("delay-hint").textContent = `${config.generator} needs at least ${about}${min.toFixed(2)} s (up to ${max} s)`;
   $("server-info").textContent = `generator ${config.generator} · output ${config.size}`;
   report.speakers.supported = config.ops.includes("assign_speaker");
   speakerNote(report.speakers.supported ? "start a session to assign faces"
