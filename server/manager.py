@@ -161,7 +161,8 @@ class SessionManager:
         profiles = self._known_profiles(spec)
         exact = all(profiles)
         right = widest_margins(*profiles).right if exact else 0.0
-        low = math.ceil(min_delay(self.plan, right, self.settings) * 100) / 100  # a value check_delay takes
+        # Rounded up to what a form shows (check_delay accepts the printed minimum).
+        low = math.ceil((min_delay(self.plan, right, self.settings) - 1e-9) * 100) / 100
         return {"min": low, "max": MAX_DELAY, "default": self.config.delay, "exact": exact}
 
     async def prepare(self) -> str:

@@ -53,12 +53,13 @@ async def test_config_gives_the_generators_real_minimum_delay(tmp_path):
         expected = min_delay(ChunkPlan(), speech.MARGINS.right, SessionSettings())
         delay = config["delay"]
         assert config["generator"] == "lite" and delay["exact"] is True
-        assert expected <= delay["min"] < expected + 0.01 and delay["max"] == 30 and delay["default"] == 4.2
+        # The minimum to 0.01 s, as the field shows it (lite: 3.91 s, computed as 3.9100000000000006).
+        assert delay["min"] == round(expected, 2) == 3.91 and delay["max"] == 30 and delay["default"] == 4.2
         assert "create" in config["ops"]
         async with ControlClient(control_url(server)) as control:
             with pytest.raises(ControlError) as caught:  # just below the minimum: refused, naming the range
-                await control.request("create", source="red", delay=delay["min"] - 0.02)
-            assert caught.value.reply["message"].startswith(f"bad delay {delay['min'] - 0.02!r}: accepted is")
+                await control.request("create", source="red", delay=delay["min"] - 0.01)
+            assert caught.value.reply["message"].startswith(f"bad delay {delay['min'] - 0.01!r}: accepted is 3.91 to 30")
             created = await control.request("create", source="red", delay=delay["min"])  # the minimum is taken
             assert created["delay"] == delay["min"]
     finally:
