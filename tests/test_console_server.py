@@ -88,3 +88,16 @@ async def test_errors_list_the_available_sources_and_swaps_are_events(tmp_path):
                              "previous": "red", "mode": "blend", "chunk": reply["chunk"], "at": reply["at"]}
     finally:
         await server.stop()
+
+
+async def test_thumbnails_and_config_need_the_token(tmp_path):
+    server = await start_server(str(tmp_path / "sources"), token="s3cret")
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("sources/red/thumbnail", "config"):
+                async with http.get(server.url + path) as response:
+                    assert response.status == 401 and (await response.json())["error"] == "unauthorized"
+                async with http.get(server.url + path, headers={"Authorization": "Bearer s3cret"}) as response:
+                    assert response.status == 200, path
+    finally:
+        await server.stop()
