@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import time
@@ -23,7 +24,8 @@ from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
-from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
+from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettings, check_delay, min_delay,
+                               widest_margins)
 from streaming.source import VideoSource
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
 
@@ -149,6 +151,19 @@ class SessionManager:
         profiles = self._known_profiles(spec)
         right = widest_margins(*profiles).right if all(profiles) else 0.0
         check_delay(delay, self.plan, right, self.settings)
+
+    async def delay_limits(self, generator: str | None = None) -> dict:
+        """The delays a session of ``generator`` accepts: ``exact`` once the generator's audio lookahead is
+        known (its spare worker has started), else the lowest any generator could accept."""
+        spec, _ = self._spec(generator)
+        if not all(self._known_profiles(spec)) and self._spare is not None:
+            await asyncio.gather(asyncio.shield(self._spare[0]), return_exceptions=True)
+        profiles = self._known_profiles(spec)
+        exact = all(profiles)
+        right = widest_margins(*profiles).right if exact else 0.0
+        # Rounded up to what a form shows (check_delay accepts the printed minimum).
+        low = math.ceil((min_delay(self.plan, right, self.settings) - 1e-9) * 100) / 100
+        return {"min": low, "max": MAX_DELAY, "default": self.config.delay, "exact": exact}
 
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
@@ -332,7 +347,12 @@ class SessionManager:
         if mode not in SWAP_MODES:
             raise InputError(f"bad swap mode {str(mode)[:20]!r}: accepted are {', '.join(SWAP_MODES)}")
         media = await self.load_source(source)
-        return session.swap_reference(source, media, mode)
+        previous = session.source_name
+        where = session.swap_reference(source, media, mode)
+        # Every client of the session sees the swap (the page's reference picker follows it).
+        self.emit({"type": "event", "event": "swap", "session": session_id, "source": source,
+                   "previous": previous, "mode": mode, **where})
+        return where
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(sid, "server_stopped") for sid in list(self._entries)),

@@ -70,7 +70,8 @@ def min_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings) -
 
 def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: SessionSettings) -> float:
     low = min_delay(plan, right_margin, settings)
-    if not (isinstance(delay, (int, float)) and math.isfinite(delay) and low <= delay <= MAX_DELAY):
+    # A delay equal to the minimum as printed (3.91, computed as 3.9100000000000006) is accepted.
+    if not (isinstance(delay, (int, float)) and math.isfinite(delay) and low - 1e-9 <= delay <= MAX_DELAY):
         raise InputError(f"bad delay {delay!r}: accepted is {low:.2f} to {MAX_DELAY:.0f} seconds "
                          f"(one {plan.window}-frame chunk plus generation time must fit in it)")
     return float(delay)
