@@ -8,6 +8,8 @@ in the same event loop as aiortc (whose own examples use it).
   GET  /demo/speech.wav       the demo speech, with ``serve --demo`` (for the page's "play demo speech")
   GET  /metrics               Prometheus text
   GET  /sources               {"sources": [names]}
+  GET  /sources/NAME/thumbnail  a small JPEG of the source's first frame (cached)
+  GET  /config                {"generator": NAME, "delay": {"min", "max", "default", "exact"}, "size", "ops"}
   POST /whip?source=NAME[&delay=S]   SDP offer -> 201, SDP answer, Location /whip/ID (new session)
   POST /whip/ID               SDP offer -> 201: the ingest of a session made by the control op ``create``
   DELETE /whip/ID             ends the session
@@ -33,13 +35,13 @@ from aiohttp import WSCloseCode, WSMsgType, web
 import client
 from server.auth import authorized, same_token
 from server.config import ServerConfig
-from server.control import ERROR_CODES, ControlChannel
+from server.control import ERROR_CODES, OPS, ControlChannel
 from server.httplog import AccessLogger, http_logger
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
 from server.mqtt import MqttBridge
 from server.offers import Offer, OfferError, check_offer
-from server.sources import SourceLibrary, UnknownSource
+from server.sources import SourceLibrary, Thumbnails, UnknownSource
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError, quoted
 from streaming.session import SessionSettings
@@ -87,6 +89,7 @@ class LiveServer:
         self.config = config
         self.demo_speech = demo_speech
         self.library = SourceLibrary(config.sources)
+        self.thumbnails = Thumbnails(self.library, config.size)
         self.manager = SessionManager(config, self.library, plan, settings)
         self.mqtt = MqttBridge(config.mqtt, self.manager, self._mqtt_channel) if config.mqtt else None
         self.app = self._build_app()
@@ -141,6 +144,8 @@ class LiveServer:
             app.router.add_get("/demo/speech.wav", lambda request: web.FileResponse(self.demo_speech))
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sources", self._sources)
+        app.router.add_get("/sources/{name}/thumbnail", self._thumbnail)
+        app.router.add_get("/config", self._config)
         app.router.add_post("/whip", self._whip_create)
         app.router.add_post("/whip/{session}", self._whip_attach)
         app.router.add_delete("/whip/{session}", self._whip_delete)
@@ -202,6 +207,18 @@ class LiveServer:
 
     async def _sources(self, request: web.Request) -> web.Response:
         return web.json_response({"sources": sorted(self.library.names())})
+
+    async def _thumbnail(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        data = await asyncio.get_running_loop().run_in_executor(None, self.thumbnails.jpeg, name)
+        return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    async def _config(self, request: web.Request) -> web.Response:
+        """What a client needs to fill its form: the accepted delays (the generator's real minimum)."""
+        size = self.config.size
+        return web.json_response({
+            "generator": self.generator or self.config.generator, "delay": await self.manager.delay_limits(),
+            "size": size if isinstance(size, int) else f"{size[1]}x{size[0]}", "ops": list(OPS)})
 
     async def _read_sdp(self, request: web.Request, role: str) -> Offer:
         """The request's SDP offer, checked for ``role`` before anything is built for it."""

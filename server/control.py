@@ -160,7 +160,10 @@ class ControlChannel:
         return {"whip": f"{self.base_url}/whip/{session_id}", "whep": f"{self.base_url}/whep/{session_id}"}
 
     async def _op_create(self, message: dict) -> dict:
-        source = _field(message, "source", (str,), required=not message.get("live_video"))
+        if message.get("source") is None and not message.get("live_video"):
+            raise ControlError("bad_request", f"create: missing field 'source': available are "
+                                              f"{self.manager.library.available()}")
+        source = _field(message, "source", (str,), required=False)
         generator = _field(message, "generator", (str,), required=False)
         delay = _field(message, "delay", (int, float), required=False)
         live = _field(message, "live_video", (bool,), required=False, default=False)

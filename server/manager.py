@@ -27,7 +27,8 @@ from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.events import SessionEvent, message
 from streaming.livesource import LiveVideoSource
-from streaming.session import SWAP_MODES, LiveSession, SessionSettings, check_delay, widest_margins
+from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettings, check_delay, lowest_delay,
+                               widest_margins)
 from streaming.source import VideoSource
 from streaming.warmup import warm_up, warm_up_request
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
@@ -154,6 +155,18 @@ class SessionManager:
         costs = [s.warm_up.warm for s in self.sessions.values() if s.warm_up is not None and s.profile.name == name]
         known = self._warm_costs.get(name)
         return min(costs + ([known] if known is not None else []), default=None)
+
+    async def delay_limits(self, generator: str | None = None) -> dict:
+        """The delays a session of ``generator`` accepts: ``exact`` once the generator's audio lookahead is
+        known (its spare worker has started), else the lowest any generator could accept."""
+        spec, _ = self._spec(generator)
+        if not all(self._known_profiles(spec)) and self._spare is not None:
+            await asyncio.gather(asyncio.shield(self._spare[0]), return_exceptions=True)
+        profiles = self._known_profiles(spec)
+        exact = all(profiles)
+        right = widest_margins(*profiles).right if exact else 0.0
+        low = lowest_delay(self.plan, right, self.settings, self.warm_cost(spec.name))
+        return {"min": low, "max": MAX_DELAY, "default": self.config.delay, "exact": exact}
 
     async def prepare(self) -> str:
         """Load the default generator at start-up (a shared GPU model now; a spare worker otherwise), warm
@@ -381,7 +394,12 @@ class SessionManager:
         if mode not in SWAP_MODES:
             raise InputError(f"bad swap mode {str(mode)[:20]!r}: accepted are {', '.join(SWAP_MODES)}")
         media = await self.load_source(source)
-        return session.swap_reference(source, media, mode)
+        previous = session.source_name
+        where = session.swap_reference(source, media, mode)
+        # Every client of the session sees the swap (the page's reference picker follows it).
+        self.emit({"type": "event", "event": "swap", "session": session_id, "source": source,
+                   "previous": previous, "mode": mode, **where})
+        return where
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(sid, "server_stopped") for sid in list(self._entries)),

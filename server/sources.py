@@ -7,13 +7,20 @@ is a link leading out of the folder is not listed.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import threading
+
+from PIL import Image
 
 from streaming.errors import InputError
+from streaming.source import VideoSource
 
 EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".png", ".jpg", ".jpeg", ".webp")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+THUMBNAIL_SIDE = 160  # pixels, the longer side: a picker's tile, a few kB of JPEG
+THUMBNAIL_CACHE = 256  # thumbnails kept (a library is rarely larger; beyond it the oldest are dropped)
 
 
 class UnknownSource(InputError):
@@ -45,12 +52,49 @@ class SourceLibrary:
                 found[stem] = real
         return found
 
+    def available(self) -> str:
+        """The names a client may use, for error messages (the first 20)."""
+        names = sorted(self.names())
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        return listed or f"none (the sources folder {os.path.basename(self.folder)!r} has no videos or images)"
+
     def path(self, name) -> str:
+        if name is None or name == "":
+            raise BadName(f"no source given: available are {self.available()}")
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
             raise BadName(f"bad source name {str(name)[:80]!r}: a source is named, not a path "
-                          "(letters, digits, '.', '_', '-'; at most 64)")
+                          f"(letters, digits, '.', '_', '-'; at most 64); available are {self.available()}")
         names = self.names()
         if name not in names:
-            listed = ", ".join(sorted(names)[:20]) or "none"
-            raise UnknownSource(f"unknown source {name!r}: accepted are {listed}")
+            raise UnknownSource(f"unknown source {name!r}: available are {self.available()}")
         return names[name]
+
+
+class Thumbnails:
+    """A small JPEG of each source's first frame, as the session will show it (cropped to the output size),
+    made once per file version: the page asks for every source each time it loads."""
+
+    def __init__(self, library: SourceLibrary, size) -> None:
+        self.library = library
+        self.size = size
+        self._cache: dict[tuple, bytes] = {}
+        self._lock = threading.Lock()
+
+    def jpeg(self, name: str) -> bytes:
+        """The thumbnail of source ``name`` (decodes one frame the first time; blocking: call in a thread)."""
+        path = self.library.path(name)
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        image = Image.fromarray(VideoSource(path, self.size).frame(0))
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+        data = buffer.getvalue()
+        with self._lock:
+            if len(self._cache) >= THUMBNAIL_CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = data
+        return data

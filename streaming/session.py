@@ -76,10 +76,16 @@ def min_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings,
             + settings.lead + generation)
 
 
+def lowest_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings,
+                 chunk_cost: float | None = None) -> float:
+    """``min_delay`` as shown to users, to 0.01 s rounded up (3.91 for a computed 3.9100000000000006)."""
+    return math.ceil(min_delay(plan, right_margin, settings, chunk_cost) * 100 - 1e-6) / 100
+
+
 def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: SessionSettings,
                 chunk_cost: float | None = None) -> float:
-    low = min_delay(plan, right_margin, settings, chunk_cost)
-    if not (isinstance(delay, (int, float)) and math.isfinite(delay) and low <= delay <= MAX_DELAY):
+    low = lowest_delay(plan, right_margin, settings, chunk_cost)  # the minimum as printed is accepted
+    if not (isinstance(delay, (int, float)) and math.isfinite(delay) and low - 1e-9 <= delay <= MAX_DELAY):
         raise InputError(f"bad delay {delay!r}: accepted is {low:.2f} to {MAX_DELAY:.0f} seconds "
                          f"(one {plan.window}-frame chunk plus generation time must fit in it)")
     return float(delay)

@@ -10,8 +10,9 @@ A frame with opening ``o`` and width ``s`` is made by backward warping with two 
 - the lower one (lower lip, lower teeth, chin) follows the jaw: near the mouth the lower lip takes the
   shape of the gap, towards the chin the whole jaw moves as one, and below the chin the motion fades out
   over the neck.
-Where the two systems leave a hole between the lips (the new gap), the inner mouth is painted: a dark
-cavity from the lip colour, a hint of upper teeth and tongue. Width changes move the corners in or out.
+Where the two systems leave a hole between the lips (the new gap), the inner mouth is painted: a dark,
+warm cavity shaded from the lip colour, the tongue rising from below, the edge of the lower teeth, upper
+teeth where the image showed none, with soft edges against lips and teeth. Width changes move the corners in or out.
 Every weight is smooth and reaches zero inside the region of interest, so the frame outside it is copied
 unchanged and the warp has no visible edge.
 """
@@ -29,6 +30,10 @@ UPPER_SHARE = 0.18  # part of a new gap taken by the upper lip; the jaw drops fo
 MAX_GAP = 0.7  # largest gap between the inner lips, in inner half-widths of the mouth
 SPREAD, ROUND, OPEN_NARROWING = 0.08, 0.16, 0.06  # corner motion in half-widths
 GRID_STEP = 0.5  # pixels between samples of the per-column profiles
+# The inner mouth's look, in fractions of the inner half-width of the mouth (so it scales with the face).
+FEATHER = 0.06  # half the width of the soft edge where the cavity meets lips and teeth (at least a pixel)
+LOWER_TEETH = 0.11  # height of the lower teeth's visible edge above the lower lip
+TONGUE_RISE = 0.45  # how far the tongue's back rises into a wide-open mouth (a fraction of the gap)
 
 
 def smoothstep(x: np.ndarray) -> np.ndarray:
@@ -198,21 +203,11 @@ def render(image: np.ndarray, geometry: MouthGeometry, opening: float, width: fl
     """``image`` with its mouth set to ``opening`` (0..1) and ``width`` (-1 rounded .. +1 spread)."""
     g = geometry
     top, bottom, left, right = g.box
-    # Corners move sideways: spread or rounded, and a little inwards as the jaw drops.
-    corner_shift = g.half_width * (SPREAD * max(width, 0.0) + ROUND * min(width, 0.0) - OPEN_NARROWING * opening)
-    inner_half = max(g.inner_half_width + corner_shift * g.inner_half_width / g.half_width, 1.0)
+    corner_shift, inner_half = _corners(g, opening, width)
 
-    # The new gap between the inner lips per column, and where each lip goes.
-    shape = np.clip(1.0 - (g.grid_u / inner_half) ** 2, 0.0, 1.0) ** 0.6
-    gap = MAX_GAP * g.inner_half_width * opening * shape * (1.0 + 0.15 * max(-width, 0.0))
-    mid = g.mid
-    upper_shift = mid - UPPER_SHARE * gap - g.upper_inner
-    lower_shift = mid + (1 - UPPER_SHARE) * gap - g.lower_inner
+    # Where each lip goes per column, and the cavity between them (output rows, mouth frame).
+    upper_shift, lower_shift, hole_top, hole_bottom = _lip_shifts(g, opening, width, inner_half)
     jaw_shift = float(np.interp(0.0, g.grid_u, lower_shift))
-    # The cavity between the lips, in output rows (mouth frame): [hole_top, hole_bottom].
-    half_sum = 0.5 * (upper_shift + lower_shift)
-    hole_top = mid + np.minimum(upper_shift, half_sum)
-    hole_bottom = mid + np.maximum(lower_shift, half_sum)
 
     seam = g.lookup(0.5 * (hole_top + hole_bottom))
     lower_lip = g.lookup(lower_shift)
@@ -231,15 +226,45 @@ def render(image: np.ndarray, geometry: MouthGeometry, opening: float, width: fl
     return out
 
 
+def cavity_profiles(g: MouthGeometry, opening: float, width: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where the lips part at ``opening``/``width``: the cavity's top and bottom per column (mouth frame,
+    output rows) and the inner half-width of the new mouth."""
+    _, inner_half = _corners(g, opening, width)
+    shifts = _lip_shifts(g, opening, width, inner_half)
+    return shifts[2], shifts[3], inner_half
+
+
+def _corners(g: MouthGeometry, opening: float, width: float) -> tuple[float, float]:
+    """How far the corners move sideways (spread or rounded, a little inwards as the jaw drops), and the
+    new inner half-width."""
+    corner_shift = g.half_width * (SPREAD * max(width, 0.0) + ROUND * min(width, 0.0) - OPEN_NARROWING * opening)
+    return corner_shift, max(g.inner_half_width + corner_shift * g.inner_half_width / g.half_width, 1.0)
+
+
+def _lip_shifts(g: MouthGeometry, opening: float, width: float, inner_half: float):
+    """Per column: where each inner lip goes (shifts), and the cavity between them (output rows)."""
+    shape = np.clip(1.0 - (g.grid_u / inner_half) ** 2, 0.0, 1.0) ** 0.6
+    gap = MAX_GAP * g.inner_half_width * opening * shape * (1.0 + 0.15 * max(-width, 0.0))
+    mid = g.mid
+    upper_shift = mid - UPPER_SHARE * gap - g.upper_inner
+    lower_shift = mid + (1 - UPPER_SHARE) * gap - g.lower_inner
+    half_sum = 0.5 * (upper_shift + lower_shift)
+    return upper_shift, lower_shift, mid + np.minimum(upper_shift, half_sum), mid + np.maximum(lower_shift, half_sum)
+
+
 def _paint_cavity(region: np.ndarray, g: MouthGeometry, hole_top: np.ndarray, hole_bottom: np.ndarray,
                   inner_half: float) -> None:
-    """Paint the inner mouth where the lips parted (in place, anti-aliased at the lip edges)."""
+    """Paint the inner mouth where the lips parted (in place): a shaded throat, the tongue rising from
+    below, the edge of the lower teeth, upper teeth where the image showed none, and soft edges where it
+    meets lips and teeth (a hard edge reads as a cut-out at close range)."""
     height = hole_bottom - hole_top
     if float(height.max()) < 0.35:
         return
+    feather = max(1.0, FEATHER * g.inner_half_width)
     columns = np.nonzero(height > 0.05)[0]
     u_min, u_max = g.grid_u[columns[0]] - 1, g.grid_u[columns[-1]] + 1
-    v_min, v_max = float(hole_top[columns].min()) - 1, float(hole_bottom[columns].max()) + 1
+    v_min = float(hole_top[columns].min()) - 1 - feather
+    v_max = float(hole_bottom[columns].max()) + 1 + feather
     inside = (g.u >= u_min) & (g.u <= u_max) & (g.v >= v_min) & (g.v <= v_max)
     rows, cols = np.nonzero(inside)
     if rows.size == 0:
@@ -250,28 +275,46 @@ def _paint_cavity(region: np.ndarray, g: MouthGeometry, hole_top: np.ndarray, ho
 
     top, bottom = at_columns(hole_top, index, frac), at_columns(hole_bottom, index, frac)
     size = np.maximum(bottom - top, 1e-3)
-    depth = (v - top) / size  # 0 at the upper lip, 1 at the lower lip
+    depth = np.clip((v - top) / size, 0, 1)  # 0 at the upper lip, 1 at the lower lip
     across = np.abs(u) / inner_half  # 0 in the middle, 1 at the corners
-    # Coverage: soft over about a pixel at the lip edges, thin slivers fade in.
-    alpha = np.clip(v - top + 0.7, 0, 1.4) * np.clip(bottom - v + 0.7, 0, 1.4) / 1.96 * np.clip(size * 1.5, 0, 1)
-    # A dark, warm throat; a little light on the lip edges, darkest behind the teeth and at the sides.
-    shade = (0.13 + 0.2 * np.abs(depth - 0.4) ** 1.5) * (1.0 - 0.35 * across ** 2)
-    colour = (g.lip_colour * np.array([1.0, 0.55, 0.5], np.float32))[None, None, :] * shade[..., None]
-    # Tongue: a dull red rising from the lower lip when the mouth is well open.
-    tongue = smoothstep((depth - 0.55) / 0.4) * smoothstep(size / (0.6 * g.inner_half_width) - 0.3)
-    tongue *= 1 - smoothstep((across - 0.5) / 0.4)
-    colour += tongue[..., None] * (g.lip_colour * np.array([0.55, 0.3, 0.28], np.float32) - colour) * 0.8
-    # Upper teeth, only where the image showed none: a band under the upper lip, tallest at the middle,
-    # shadowed by the lip above and lost in the dark towards the corners, with faint gaps between teeth.
-    # Fades out (rather than switching off) as the image's own mouth opens, so a video does not flicker.
-    shows_teeth = 1.0 - float(smoothstep((g.ref_gap / g.inner_half_width - 0.1) / 0.15))
-    if shows_teeth > 0:
-        band = np.minimum(0.28 * size, 0.24 * g.inner_half_width) * (1 - 0.35 * across ** 2)
-        teeth = (1 - smoothstep(v - top - band + 0.5)) * (1 - smoothstep((across - 0.45) / 0.35))
-        teeth *= smoothstep(size / (0.3 * g.inner_half_width))
-        gaps = (0.5 + 0.5 * np.cos(2 * np.pi * u / (0.24 * g.half_width))) ** 12
-        lit = (0.72 + 0.28 * smoothstep((v - top) / np.maximum(0.6 * band, 0.5))) * (1 - 0.12 * gaps)
-        teeth *= 0.8 * shows_teeth
-        colour += teeth[..., None] * (g.teeth_colour[None, None, :] * lit[..., None] - colour)
+    wide = smoothstep(size / (0.35 * g.inner_half_width))  # 0 for a slit, 1 once the mouth is well open
+    # Coverage: a soft edge about 2 x feather wide at each lip, thin slivers fade in.
+    alpha = (smoothstep((v - top + feather) / (2 * feather)) * smoothstep((bottom - v + feather) / (2 * feather))
+             * np.clip(size * 1.5, 0, 1))
+    lip = g.lip_colour[None, None, :]
+    # The throat: warm and dark, darkest just behind the upper teeth and towards the corners.
+    shade = (0.6 + 0.45 * smoothstep((depth - 0.15) / 0.85)) * (1.0 - 0.6 * across ** 2)
+    colour = lip * np.array([0.42, 0.2, 0.2], np.float32) * shade[..., None]
+    # The tongue: a dome rising from the lower lip, lit along its ridge, fading into the dark at its back.
+    ridge = 1.0 - TONGUE_RISE * wide * (1 - across ** 2)
+    tongue = smoothstep((depth - ridge) / 0.22 + 0.5) * (1 - smoothstep((across - 0.55) / 0.4)) * (0.35 + 0.65 * wide)
+    lit = 0.55 + 0.3 * (1 - smoothstep(np.abs(depth - ridge - 0.12) / 0.25)) - 0.25 * across
+    colour += tongue[..., None] * (lip * np.array([0.78, 0.42, 0.42], np.float32) * lit[..., None] - colour)
+    # Under the upper edge, the back of the teeth (or the lip's inner face) in shadow: dim, not black.
+    underside = (1 - smoothstep((v - top) / (2.0 * feather))) * (1 - 0.5 * across)
+    colour += underside[..., None] * (lip * 0.42 - colour)
+    # The lower teeth's edge, just above the lower lip in the middle of a wide-open mouth.
+    band = LOWER_TEETH * g.inner_half_width * wide
+    lower_teeth = (smoothstep((v - (bottom - band)) / np.maximum(0.5 * band, 0.5))
+                   * (1 - smoothstep((across - 0.35) / 0.3)) * 0.5 * wide ** 2)
+    colour += lower_teeth[..., None] * (g.teeth_colour[None, None, :] * 0.88 - colour)
+    _paint_upper_teeth(colour, g, u, v, top, size, across)
     patch = region[r0:r1, c0:c1]
     patch += alpha[..., None] * (colour - patch)
+
+
+def _paint_upper_teeth(colour: np.ndarray, g: MouthGeometry, u: np.ndarray, v: np.ndarray, top: np.ndarray,
+                       size: np.ndarray, across: np.ndarray) -> None:
+    """Upper teeth, only where the image showed none: a band under the upper lip, tallest at the middle,
+    shadowed by the lip above and lost in the dark towards the corners, with faint gaps between teeth.
+    Fades out (rather than switching off) as the image's own mouth opens, so a video does not flicker."""
+    shows_teeth = 1.0 - float(smoothstep((g.ref_gap / g.inner_half_width - 0.1) / 0.15))
+    if shows_teeth <= 0:
+        return
+    band = np.minimum(0.28 * size, 0.24 * g.inner_half_width) * (1 - 0.35 * across ** 2)
+    teeth = (1 - smoothstep(v - top - band + 0.5)) * (1 - smoothstep((across - 0.45) / 0.35))
+    teeth *= smoothstep(size / (0.3 * g.inner_half_width))
+    gaps = (0.5 + 0.5 * np.cos(2 * np.pi * u / (0.24 * g.half_width))) ** 12
+    lit = (0.72 + 0.28 * smoothstep((v - top) / np.maximum(0.6 * band, 0.5))) * (1 - 0.12 * gaps)
+    teeth *= 0.8 * shows_teeth
+    colour += teeth[..., None] * (g.teeth_colour[None, None, :] * lit[..., None] - colour)
