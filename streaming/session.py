@@ -1,21 +1,20 @@
-"""One live dubbing session: speech in, chunks generated against the clock, frames placed for playout.
+"""One live dubbing session: its stages wired together, in the order a chunk goes through them.
 
-The chunk loop waits until chunk k's speech has been captured, builds its request (the chunk engine:
-audio window, nearest keyframe, context), puts the slot's fallback frames on the timeline at once, asks
-the scheduler for a tier that fits before the slot is due, and runs the generator in the pool. A result
-in time replaces the fallback; a late or failed one leaves it, and the fallback becomes the context the
-next chunk continues from (what viewers saw). The tracks read the timeline and the playout ring on the
-session clock and never wait on any of this.
+ingest (streaming/ingest.py: received speech on the session clock) -> the chunk loop
+(streaming/chunkloop.py, the only owner of the chunk engine) -> the scheduler (streaming/scheduler.py:
+which tier fits before the slot) -> the generator workers (streaming/workers.py) -> the output timeline
+(streaming/timeline.py: each chunk's slot) -> playout (streaming/playout.py: what the output tracks read:
+the clock, the frame and the speech due) -> egress (server/egress.py: one encode per codec for all
+viewers). One clock (streaming/clock.py) is injected here and reaches every stage, the tracks included.
 
-Blocking work (decoding the source, building requests, colour correction) runs in the session's own
-single thread, handed one step at a time by the loop; the rings and the timeline are touched only on the
-event loop.
+The session owns the speech input and the end: when the ingest ends (its sender gone or done, or idle),
+what was captured plays out, then the session ends with one ``Ended`` event. Stages report typed events
+(streaming/events.py); the manager turns them into messages at the edge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -24,25 +23,21 @@ from typing import Callable
 
 import numpy as np
 
-from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, AudioMargins, ChunkRequest, ChunkResult, Tier
-from model.passthrough import unchanged_frames
-from streaming.chunker import ChunkPlan, nearest_keyframe
-from streaming.engine import AudioTrack, ChunkEngine
-from streaming.events import ChunkDone, ChunkSlot, Degraded, Ended, SessionError, SessionEvent
+from model.base import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, Tier
 from model.errors import InputError
+from streaming.chunker import ChunkPlan
+from streaming.chunkloop import FALLBACK_TIER, SWAP_MODES, ChunkLoop, widest_margins  # noqa: F401 - re-exported
 from streaming.clock import SYSTEM_CLOCK, Clock, sleep_unless
+from streaming.events import Ended, SessionError, SessionEvent
 from streaming.ingest import LiveAudioIngest
-from streaming.livesource import FrameWindow, LiveVideoSource
+from streaming.livesource import LiveVideoSource
 from streaming.playout import Playout, ViewerStats
-from streaming.scheduler import DEFAULT_TIERS, SAFETY, Scheduler
+from streaming.scheduler import DEFAULT_TIERS, SAFETY
 from streaming.timeline import OutputTimeline, SessionClock
-from streaming.warmup import WarmUp, warm_up, warm_up_request
-from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
+from streaming.workers import GeneratorPool
 
 log = logging.getLogger("livedub.session")
-SWAP_MODES = ("cut", "blend")
 MAX_DELAY = 30.0
-FALLBACK_TIER = "fallback"  # the ladder's last rung when the session has a cheaper generator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +53,6 @@ class SessionSettings:
     idle_timeout: float = 60.0  # seconds without ingest audio before the session ends
     buffer_seconds: float = 40.0  # speech kept in the rings (must exceed delay + one window)
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
-
-
-def widest_margins(*profiles) -> AudioMargins:
-    return AudioMargins(max(p.audio_margins.left for p in profiles), max(p.audio_margins.right for p in profiles))
 
 
 MIN_GENERATION = 0.1  # seconds left to generate in when the generator's warm cost is not known yet
@@ -91,33 +82,6 @@ def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: Se
     return float(delay)
 
 
-class ShiftedSource:
-    """A library source started at output frame ``offset`` (a reference swapped in mid-session plays
-    from its own beginning)."""
-
-    def __init__(self, source, offset: int) -> None:
-        self.source = source
-        self.offset = offset
-        self.is_still = source.is_still
-        self.size = source.size
-
-    def frame(self, index: int) -> np.ndarray:
-        return self.source.frame(max(0, index - self.offset))
-
-    def frames(self, start: int, count: int) -> np.ndarray:
-        return np.stack([self.frame(i) for i in range(start, start + count)])
-
-    def release_before(self, index: int) -> None:
-        self.source.release_before(max(0, index - self.offset - self.source.keyframe_interval))
-
-
-@dataclasses.dataclass
-class _Swap:
-    name: str
-    source: object
-    mode: str
-
-
 def _percentiles(values) -> dict:
     if not values:
         return {"p50": None, "p95": None}
@@ -131,95 +95,60 @@ class LiveSession:
                  plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None,
                  executor: concurrent.futures.Executor | None = None, warm: bool = False) -> None:
         self.id = session_id
-        self.pool = pool
-        self.fallback_pool = fallback_pool
-        # Requests carry the audio both generators need.
-        self.profile = pool.profile if fallback_pool is None else dataclasses.replace(
-            pool.profile, audio_margins=widest_margins(pool.profile, fallback_pool.profile))
         self.settings = settings
         self.plan = plan
+        self.source_name = source_name
         self._emit = emit
         self._clock = clock
         self._now = clock.now
         self.clock = SessionClock(clock.now(), settings.delay, settings.lead)
         self.ingest = LiveAudioIngest(settings.buffer_seconds)
-        self.live: LiveVideoSource | None = source if isinstance(source, LiveVideoSource) else None
-        self.source_name = source_name
-        self.engine = ChunkEngine(source if self.live is None else None, self.profile, plan,
-                                  settings.keyframe_interval, settings.color_correction, settings.seed)
-        ladder = tuple(settings.tiers) + ((Tier(FALLBACK_TIER),) if fallback_pool is not None else ())
-        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one.
-        self.scheduler = Scheduler(ladder, priors=self.profile.priors(self._source_size(), plan.window, plan.context))
-        idle = np.zeros((*self._source_size(), 3), np.uint8)
-        self.timeline = OutputTimeline(plan, idle)
-        self.playout = Playout(clock, self.clock, self.timeline, self.ingest.playout)
         # The session's blocking steps (decoding, building requests) run one at a time off the loop
         # (inline on a virtual clock, in tests).
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")
         self._stop = asyncio.Event()
-        self._swap: _Swap | None = None
-        self._next_chunk = 0
+        self.timeline = OutputTimeline(plan, np.zeros((1, 1, 3), np.uint8))
+        self.loop = ChunkLoop(session_id, source, pool, fallback_pool, self.ingest, self.clock, self.timeline,
+                              settings, plan, clock, emit, self._executor, self._stop, self._idle, warm)
+        self.timeline.idle = np.zeros((*self.loop.source_size(), 3), np.uint8)
+        self.playout = Playout(clock, self.clock, self.timeline, self.ingest.playout)
+        # What callers read of the chunk loop.
+        self.pool, self.fallback_pool, self.profile = pool, fallback_pool, self.loop.profile
+        self.scheduler, self.counts = self.loop.scheduler, self.loop.counts
         self.state = "running"
         self.end_reason: str | None = None
         self.end_frame: int | None = None  # output frames end here once the ingest has ended
-        self.counts = collections.Counter()
-        self.tier_counts = collections.Counter()
-        self.costs = collections.deque(maxlen=50)  # submission to result, queueing and transfer included
-        self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
-        self._warm = warm  # run a warm-up chunk on the source before the first real one
-        self.warm_up: WarmUp | None = None
 
-    # ---- set-up -------------------------------------------------------------------------------------
+    @property
+    def warm_up(self):
+        return self.loop.warm_up
+
+    @property
+    def live(self) -> LiveVideoSource | None:
+        return self.loop.live
+
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of the output frames (fixed for the session's life)."""
         return tuple(self.timeline.idle.shape[:2])
 
-    def _source_size(self) -> tuple[int, int]:
-        return self.live.size if self.live is not None else self.engine.source.size
-
     async def start(self) -> None:
         """Prepare the idle frame (the source's first frame) and start the chunk loop."""
         if self.live is None:
-            self.timeline.idle = await self._in_thread(self.engine.source.frame, 0)
+            self.timeline.idle = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.loop.engine.source.frame, 0)
         self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
-
-    async def _in_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def session_time(self) -> float:
         return self.clock.session_time(self._now())
 
-    # ---- the chunk loop -------------------------------------------------------------------------------
-    async def _warm_up(self) -> None:
-        """The generator's first, cold run on this source happens now, during chunk 0's capture; the
-        warm run's cost is the scheduler's first estimate of the best tier."""
-        tier = self.scheduler.tiers[0]
-        request = warm_up_request(self.timeline.idle, self.plan, self.profile.audio_margins, tier,
-                                  moving_source=self.live is not None or not self.engine.source.is_still)
-        try:
-            self.warm_up = await warm_up(self.pool, request, self._now)
-        except (Expired, PoolBusy, GeneratorFailed) as exc:
-            log.warning("session %s: warm-up failed (%s); the first chunk runs cold", self.id, exc)
-            return
-        self.scheduler.record(tier, self.warm_up.warm)
-
     async def _run(self) -> None:
         try:
-            if self._warm:
-                await self._warm_up()
-            index = 0
-            while not self._stop.is_set():
-                if self._speech_done(index):
-                    break
-                if not await self._wait_capture(index):
-                    break
-                await self._produce(index)
-                index += 1
+            await self.loop.run()
             if not self._stop.is_set() and self.end_frame is not None:
-                await self._sleep_until(self.clock.frame_due(self.end_frame) + 0.1)
+                await self._sleep_until(self.clock.frame_due(self.end_frame) + 0.1)  # the speech plays out
         except Exception as exc:  # noqa: BLE001 - a bug ends this session only, with an error event
             log.exception("session %s failed", self.id)
             self._emit(SessionError("session_failed", f"{type(exc).__name__}: {exc}"[:300]))
@@ -227,142 +156,20 @@ class LiveSession:
         finally:
             self._finish(self.end_reason or ("stopped" if self._stop.is_set() else "ingest_ended"))
 
-    def _speech_done(self, index: int) -> bool:
-        return self.end_frame is not None and self.plan.chunk(index).new_start >= self.end_frame
-
-    async def _wait_capture(self, index: int) -> bool:
-        """Wait until chunk ``index``'s audio (with the generator's lookahead) has been captured; False
-        when the session stops or the ingest ends before the chunk has any speech."""
-        chunk = self.plan.chunk(index)
-        _, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
-        ready_at = self.clock.at(last / AUDIO_RATE) + self.settings.capture_grace
-        # Decode the window's source frames while the speech is still coming in: building the request
-        # then finds them ready, and the generator gets the time.
-        prefetch = asyncio.get_running_loop().run_in_executor(self._executor, self._prefetch, chunk.end_frame)
-        prefetch.add_done_callback(_log_failure)
-        while True:
-            now = self._now()
-            self._check_idle(now)
-            if self._speech_done(index):
-                return False
-            if now >= ready_at or self.ingest.ended:
-                return True
-            if await self._stopped_within(min(ready_at - now, 0.5)):
-                return False
-
-    def _check_idle(self, now: float) -> None:
-        last = self.ingest.last_arrival if self.ingest.last_arrival is not None else 0.0
-        if not self.ingest.ended and self.clock.session_time(now) - last > self.settings.idle_timeout:
-            self.end_reason = "idle"
-            self.end_ingest()
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        return await sleep_unless(self._clock, seconds, self._stop)
-
     async def _sleep_until(self, when: float) -> None:
         while not self._stop.is_set() and self._now() < when:
-            await self._stopped_within(min(when - self._now(), 0.5))
+            await sleep_unless(self._clock, min(when - self._now(), 0.5), self._stop)
 
-    async def _produce(self, index: int) -> None:
-        chunk = self.plan.chunk(index)
-        slot_due = self.clock.frame_due(chunk.new_start)
-        deadline = slot_due - self.settings.playout_margin
-        first, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
-        audio = _Window(first, self.ingest.model.read(first, last))
-        swap, self._swap = self._swap, None
-        self._next_chunk = index + 1
-        live_window = self._live_window(chunk) if self.live is not None and swap is None else None
-        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window)
-        self.timeline.offer(index, fallback, "fallback")
-        decision = self.scheduler.choose(deadline - self._now())
-        report = ChunkSlot(index, round(slot_due - self.clock.origin, 3), speech)
-        if decision.skipped:
-            self.tier_counts["skip"] += 1
-            self._emit(Degraded(report, "skip", round(decision.time_left, 3),
-                                reason="no tier fits the time left before the slot"))
-            return self._fell_back(index, request, fallback, "skipped", report)
-        self.tier_counts[decision.tier.name] += 1
-        if decision.degraded:
-            self._emit(Degraded(report, "tier", round(decision.time_left, 3), tier=decision.tier.name,
-                                estimate=None if decision.estimate is None else round(decision.estimate, 3)))
-        started = self._now()
-        pool = self.fallback_pool if decision.tier.name == FALLBACK_TIER else self.pool
-        try:
-            result = await pool.run(dataclasses.replace(request, tier=decision.tier), deadline)
-        except (Expired, PoolBusy) as exc:
-            return self._fell_back(index, request, fallback, "late", report, str(exc))
-        except GeneratorFailed as exc:
-            code = "worker_died" if isinstance(exc, WorkerDied) else "generator_failed"
-            self._emit(SessionError(code, str(exc)[:300], chunk=index))
-            return self._fell_back(index, request, fallback, "failed", report)
-        cost = self._now() - started
-        self.scheduler.record(decision.tier, cost)
-        self.costs.append(cost)
-        self.generator_seconds.append(result.seconds)
-        if self._now() > deadline:
-            return self._fell_back(index, request, fallback, "late", report, f"took {cost:.3f} s", cost)
-        frames = await self._in_thread(self._accept, request, result, swap)
-        if self._now() > slot_due:
-            return self._fell_back(index, request, fallback, "late", report, "colour correction", cost)
-        self.timeline.offer(index, frames, "generated")
-        self.counts["generated"] += 1
-        self._emit(ChunkDone(report, "on_time", decision.tier.name, round(cost, 4), round(result.seconds, 4),
-                             info=_jsonable(result.info)))
-
-    def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: ChunkSlot,
-                   reason: str | None = None, cost: float | None = None) -> None:
-        """The slot keeps its fallback frames, and the next chunk continues from them."""
-        self.engine.set_context(fallback, request.context_frames)
-        self.counts[status] += 1
-        self._emit(ChunkDone(report, status, seconds=None if cost is None else round(cost, 4), reason=reason))
-
-    def _live_window(self, chunk):
-        reference = nearest_keyframe(chunk.start_frame, self.settings.keyframe_interval)
-        return self.live.window(min(chunk.start_frame, reference), max(chunk.end_frame, reference + 1))
-
-    # Run in the session thread: the engine and the library source are touched only there.
-    def _prefetch(self, end_frame: int) -> None:
-        source = self.engine.source
-        if source is not None and not source.is_still and not isinstance(source, FrameWindow):
-            source.frame(end_frame - 1)
-
-    def _build(self, index: int, audio: "_Window", swap: _Swap | None,
-               live_window) -> tuple[ChunkRequest, np.ndarray, float]:
-        chunk = self.plan.chunk(index)
-        if self.engine.source is not None:
-            self.engine.release(index)  # frames before this chunk's window are no longer needed
-        if swap is not None:
-            self.engine.source = swap.source if swap.source.is_still else ShiftedSource(swap.source, chunk.start_frame)
-            if swap.mode == "cut" and index > 0:
-                self.engine.set_context(self.engine.source.frames(chunk.start_frame, self.plan.context))
-        elif live_window is not None:
-            self.engine.source = live_window
-        request = self.engine.request(index, audio, self.end_frame)
-        fallback = unchanged_frames(request)
-        if swap is not None and swap.mode == "blend" and request.context_frames is not None:
-            fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
-        return request, fallback, round(self.engine.speech_fraction(request), 3)
-
-    def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
-        frames = self.engine.accept(request, result)
-        if swap is not None and swap.mode == "blend" and request.context_frames is not None:
-            frames = _cross_fade(request.context_frames[-1], frames, self.settings.blend_frames)
-            self.engine.set_context(frames, request.context_frames)
-        return frames
+    def _idle(self) -> None:
+        self.end_reason = "idle"
+        self.end_ingest()
 
     # ---- control ------------------------------------------------------------------------------------
     def swap_reference(self, name: str, source, mode: str) -> dict:
         """Use ``source`` from the next chunk on; returns where the swap shows."""
-        if mode not in SWAP_MODES:
-            raise InputError(f"bad swap mode {mode!r}: accepted are {', '.join(SWAP_MODES)}")
-        if tuple(source.size) != tuple(self._source_size()):
-            source = _Resized(source, self._source_size())
-        self._swap = _Swap(name, source, mode)
+        where = self.loop.swap_reference(name, source, mode)
         self.source_name = name
-        if self.live is not None:
-            self.live = None  # a library source replaces the live video for good
-        chunk = self.plan.chunk(self._next_chunk)
-        return {"chunk": self._next_chunk, "at": round(self.clock.delay + chunk.new_start / FPS, 3)}
+        return where
 
     def end_ingest(self) -> None:
         """The speech has ended: play out what was captured, then end."""
@@ -370,6 +177,7 @@ class LiveSession:
             return
         self.ingest.end()
         self.end_frame = math.ceil(self.ingest.ended_at / SAMPLES_PER_FRAME)
+        self.loop.end_frame = self.end_frame
         self.playout.end_at(self.end_frame)
 
     async def stop(self, reason: str = "stopped") -> None:
@@ -409,7 +217,8 @@ class LiveSession:
     # ---- reporting ------------------------------------------------------------------------------------
     def stats(self) -> dict:
         now = self._now()
-        costs = list(self.costs)
+        loop = self.loop
+        costs = list(loop.costs)
         return {
             "session": self.id, "state": self.state, "source": self.source_name,
             "generator": self.profile.name, "time": round(self.clock.session_time(now), 3),
@@ -418,71 +227,19 @@ class LiveSession:
             "av_offset_send": _percentiles([o for v in self.viewers.values() for o in v.av_offsets]),
             "chunks": {"generated": self.counts["generated"], "late": self.counts["late"],
                        "skipped": self.counts["skipped"], "failed": self.counts["failed"],
-                       "degraded": sum(v for k, v in self.tier_counts.items() if k != self.settings.tiers[0].name)},
-            "tiers": dict(self.tier_counts),
+                       "degraded": sum(v for k, v in loop.tier_counts.items() if k != self.settings.tiers[0].name)},
+            "tiers": dict(loop.tier_counts),
             "frames": dict(self.playout.played),
             "fps_out": round(float(np.mean([v.fps(now) for v in self.viewers.values()])), 2) if self.viewers else 0.0,
             "viewers": len(self.viewers),
             "frames_skipped": sum(v.skipped for v in self.viewers.values()),  # sent late: skipped ahead
             "cost": {"last": round(costs[-1], 4) if costs else None,
                      "mean": round(float(np.mean(costs)), 4) if costs else None, **_percentiles(costs),
-                     "generator_mean": round(float(np.mean(self.generator_seconds)), 4)
-                     if self.generator_seconds else None},
+                     "generator_mean": round(float(np.mean(loop.generator_seconds)), 4)
+                     if loop.generator_seconds else None},
             "warm_up": None if self.warm_up is None else {"cold": round(self.warm_up.cold, 4),
                                                           "warm": round(self.warm_up.warm, 4)},
             "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,
                        "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
                        "video_frames": self.live.frames_received if self.live is not None else 0},
         }
-
-
-class _Window(AudioTrack):
-    """The audio one chunk needs, copied out of the ring on the loop (absolute sample indices)."""
-
-    def __init__(self, first: int, samples: np.ndarray) -> None:
-        super().__init__(samples)
-        self.first = first
-
-    def read(self, first: int, last: int) -> np.ndarray:
-        return super().read(first - self.first, last - self.first)
-
-
-class _Resized:
-    """A swapped-in source at the session's output size (sizes cannot change mid-stream)."""
-
-    def __init__(self, source, size: tuple[int, int]) -> None:
-        from streaming.source import resize_and_centercrop
-
-        self._resize = resize_and_centercrop
-        self.source = source
-        self.size = size
-        self.is_still = source.is_still
-        self.keyframe_interval = getattr(source, "keyframe_interval", 72)
-
-    def frame(self, index: int) -> np.ndarray:
-        return self._resize(self.source.frame(index), self.size)
-
-    def frames(self, start: int, count: int) -> np.ndarray:
-        return np.stack([self.frame(i) for i in range(start, start + count)])
-
-    def release_before(self, index: int) -> None:
-        self.source.release_before(index)
-
-
-def _cross_fade(start: np.ndarray, frames: np.ndarray, count: int) -> np.ndarray:
-    """``frames`` with the first ``count`` faded in from ``start``."""
-    out = np.array(frames, copy=True)
-    count = min(count, len(out))
-    for i in range(count):
-        alpha = (i + 1) / (count + 1)
-        out[i] = (start.astype(np.float32) * (1 - alpha) + out[i].astype(np.float32) * alpha).round().astype(np.uint8)
-    return out
-
-
-def _log_failure(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("source prefetch failed: %s", future.exception())
-
-
-def _jsonable(info: dict) -> dict:
-    return {str(k): v for k, v in info.items() if isinstance(v, (bool, int, float, str)) or v is None}

@@ -1,0 +1,326 @@
+"""The chunk loop: the only owner of the chunk engine, and what turns captured speech into output slots.
+
+For chunk k it waits until k's speech (with the generator's lookahead) has been captured, builds the
+request (the chunk engine: audio window, nearest keyframe, context), puts the slot's fallback frames on
+the timeline at once, asks the scheduler for a tier that fits before the slot is due, and runs the
+generator in its pool. A result in time replaces the fallback; a late or failed one leaves it, and the
+fallback becomes the context the next chunk continues from (what viewers saw). Each chunk ends in a typed
+event (streaming/events.py). Reference swaps take effect at the next chunk.
+
+Blocking work (decoding the source, building requests, colour correction) runs in the session's single
+worker thread, handed one step at a time; the timeline is touched only on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+from typing import Callable
+
+import numpy as np
+
+from model.base import AUDIO_RATE, FPS, AudioMargins, ChunkRequest, ChunkResult, Tier
+from model.errors import InputError
+from model.passthrough import unchanged_frames
+from streaming.chunker import ChunkPlan, nearest_keyframe
+from streaming.clock import Clock, sleep_unless
+from streaming.engine import AudioTrack, ChunkEngine
+from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
+from streaming.ingest import LiveAudioIngest
+from streaming.livesource import FrameWindow, LiveVideoSource
+from streaming.scheduler import Scheduler
+from streaming.timeline import OutputTimeline, SessionClock
+from streaming.warmup import WarmUp, warm_up, warm_up_request
+from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
+
+log = logging.getLogger("livedub.chunkloop")
+SWAP_MODES = ("cut", "blend")
+FALLBACK_TIER = "fallback"  # the ladder's last rung when the session has a cheaper generator
+
+
+def widest_margins(*profiles) -> AudioMargins:
+    return AudioMargins(max(p.audio_margins.left for p in profiles), max(p.audio_margins.right for p in profiles))
+
+
+class ShiftedSource:
+    """A library source started at output frame ``offset`` (a reference swapped in mid-session plays
+    from its own beginning)."""
+
+    def __init__(self, source, offset: int) -> None:
+        self.source = source
+        self.offset = offset
+        self.is_still = source.is_still
+        self.size = source.size
+
+    def frame(self, index: int) -> np.ndarray:
+        return self.source.frame(max(0, index - self.offset))
+
+    def frames(self, start: int, count: int) -> np.ndarray:
+        return np.stack([self.frame(i) for i in range(start, start + count)])
+
+    def release_before(self, index: int) -> None:
+        self.source.release_before(max(0, index - self.offset - self.source.keyframe_interval))
+
+
+@dataclasses.dataclass
+class _Swap:
+    name: str
+    source: object
+    mode: str
+
+
+class ChunkLoop:
+    def __init__(self, session_id: str, source, pool: GeneratorPool, fallback_pool: GeneratorPool | None,
+                 speech: LiveAudioIngest, schedule: SessionClock, timeline: OutputTimeline, settings,
+                 plan: ChunkPlan, clock: Clock, emit: Callable[[SessionEvent], None],
+                 executor: concurrent.futures.Executor, stop: asyncio.Event, on_idle: Callable[[], None],
+                 warm: bool = False) -> None:
+        self.id = session_id
+        self.pool = pool
+        self.fallback_pool = fallback_pool
+        # Requests carry the audio both generators need.
+        self.profile = pool.profile if fallback_pool is None else dataclasses.replace(
+            pool.profile, audio_margins=widest_margins(pool.profile, fallback_pool.profile))
+        self.ingest = speech
+        self.clock = schedule
+        self.timeline = timeline
+        self.settings = settings
+        self.plan = plan
+        self._clock = clock
+        self._now = clock.now
+        self._emit = emit
+        self._executor = executor
+        self._stop = stop
+        self._on_idle = on_idle
+        self.live: LiveVideoSource | None = source if isinstance(source, LiveVideoSource) else None
+        self.engine = ChunkEngine(source if self.live is None else None, self.profile, plan,
+                                  settings.keyframe_interval, settings.color_correction, settings.seed)
+        ladder = tuple(settings.tiers) + ((Tier(FALLBACK_TIER),) if fallback_pool is not None else ())
+        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one.
+        self.scheduler = Scheduler(ladder, priors=self.profile.priors(self.source_size(), plan.window, plan.context))
+        self._swap: _Swap | None = None
+        self._next_chunk = 0
+        self.end_frame: int | None = None  # output frames end here once the ingest has ended
+        self.counts = collections.Counter()
+        self.tier_counts = collections.Counter()
+        self.costs = collections.deque(maxlen=50)  # submission to result, queueing and transfer included
+        self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
+        self._warm = warm  # run a warm-up chunk on the source before the first real one
+        self.warm_up: WarmUp | None = None
+
+    def source_size(self) -> tuple[int, int]:
+        return self.live.size if self.live is not None else self.engine.source.size
+
+    async def _in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run(self) -> None:
+        """Chunks until the speech has ended (or the session stops)."""
+        if self._warm:
+            await self._warm_up()
+        index = 0
+        while not self._stop.is_set():
+            if self._speech_done(index):
+                break
+            if not await self._wait_capture(index):
+                break
+            await self._produce(index)
+            index += 1
+
+    async def _warm_up(self) -> None:
+        """The generator's first, cold run on this source happens now, during chunk 0's capture; the
+        warm run's cost is the scheduler's first estimate of the best tier."""
+        tier = self.scheduler.tiers[0]
+        request = warm_up_request(self.timeline.idle, self.plan, self.profile.audio_margins, tier,
+                                  moving_source=self.live is not None or not self.engine.source.is_still)
+        try:
+            self.warm_up = await warm_up(self.pool, request, self._now)
+        except (Expired, PoolBusy, GeneratorFailed) as exc:
+            log.warning("session %s: warm-up failed (%s); the first chunk runs cold", self.id, exc)
+            return
+        self.scheduler.record(tier, self.warm_up.warm)
+
+    def _speech_done(self, index: int) -> bool:
+        return self.end_frame is not None and self.plan.chunk(index).new_start >= self.end_frame
+
+    async def _wait_capture(self, index: int) -> bool:
+        """Wait until chunk ``index``'s audio (with the generator's lookahead) has been captured; False
+        when the session stops or the ingest ends before the chunk has any speech."""
+        chunk = self.plan.chunk(index)
+        _, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
+        ready_at = self.clock.at(last / AUDIO_RATE) + self.settings.capture_grace
+        # Decode the window's source frames while the speech is still coming in: building the request
+        # then finds them ready, and the generator gets the time.
+        prefetch = asyncio.get_running_loop().run_in_executor(self._executor, self._prefetch, chunk.end_frame)
+        prefetch.add_done_callback(_log_failure)
+        while True:
+            now = self._now()
+            self._check_idle(now)
+            if self._speech_done(index):
+                return False
+            if now >= ready_at or self.ingest.ended:
+                return True
+            if await self._stopped_within(min(ready_at - now, 0.5)):
+                return False
+
+    def _check_idle(self, now: float) -> None:
+        last = self.ingest.last_arrival if self.ingest.last_arrival is not None else 0.0
+        if not self.ingest.ended and self.clock.session_time(now) - last > self.settings.idle_timeout:
+            self._on_idle()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        return await sleep_unless(self._clock, seconds, self._stop)
+
+    async def _produce(self, index: int) -> None:
+        chunk = self.plan.chunk(index)
+        slot_due = self.clock.frame_due(chunk.new_start)
+        deadline = slot_due - self.settings.playout_margin
+        first, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
+        audio = _Window(first, self.ingest.model.read(first, last))
+        swap, self._swap = self._swap, None
+        self._next_chunk = index + 1
+        live_window = self._live_window(chunk) if self.live is not None and swap is None else None
+        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window)
+        self.timeline.offer(index, fallback, "fallback")
+        decision = self.scheduler.choose(deadline - self._now())
+        report = ChunkSlot(index, round(slot_due - self.clock.origin, 3), speech)
+        if decision.skipped:
+            self.tier_counts["skip"] += 1
+            self._emit(Degraded(report, "skip", round(decision.time_left, 3),
+                                reason="no tier fits the time left before the slot"))
+            return self._fell_back(index, request, fallback, "skipped", report)
+        self.tier_counts[decision.tier.name] += 1
+        if decision.degraded:
+            self._emit(Degraded(report, "tier", round(decision.time_left, 3), tier=decision.tier.name,
+                                estimate=None if decision.estimate is None else round(decision.estimate, 3)))
+        started = self._now()
+        pool = self.fallback_pool if decision.tier.name == FALLBACK_TIER else self.pool
+        try:
+            result = await pool.run(dataclasses.replace(request, tier=decision.tier), deadline)
+        except (Expired, PoolBusy) as exc:
+            return self._fell_back(index, request, fallback, "late", report, str(exc))
+        except GeneratorFailed as exc:
+            code = "worker_died" if isinstance(exc, WorkerDied) else "generator_failed"
+            self._emit(SessionError(code, str(exc)[:300], chunk=index))
+            return self._fell_back(index, request, fallback, "failed", report)
+        cost = self._now() - started
+        self.scheduler.record(decision.tier, cost)
+        self.costs.append(cost)
+        self.generator_seconds.append(result.seconds)
+        if self._now() > deadline:
+            return self._fell_back(index, request, fallback, "late", report, f"took {cost:.3f} s", cost)
+        frames = await self._in_thread(self._accept, request, result, swap)
+        if self._now() > slot_due:
+            return self._fell_back(index, request, fallback, "late", report, "colour correction", cost)
+        self.timeline.offer(index, frames, "generated")
+        self.counts["generated"] += 1
+        self._emit(ChunkDone(report, "on_time", decision.tier.name, round(cost, 4), round(result.seconds, 4),
+                             info=_jsonable(result.info)))
+
+    def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: ChunkSlot,
+                   reason: str | None = None, cost: float | None = None) -> None:
+        """The slot keeps its fallback frames, and the next chunk continues from them."""
+        self.engine.set_context(fallback, request.context_frames)
+        self.counts[status] += 1
+        self._emit(ChunkDone(report, status, seconds=None if cost is None else round(cost, 4), reason=reason))
+
+    def _live_window(self, chunk):
+        reference = nearest_keyframe(chunk.start_frame, self.settings.keyframe_interval)
+        return self.live.window(min(chunk.start_frame, reference), max(chunk.end_frame, reference + 1))
+
+    # Run in the session thread: the engine and the library source are touched only there.
+    def _prefetch(self, end_frame: int) -> None:
+        source = self.engine.source
+        if source is not None and not source.is_still and not isinstance(source, FrameWindow):
+            source.frame(end_frame - 1)
+
+    def _build(self, index: int, audio: "_Window", swap: _Swap | None,
+               live_window) -> tuple[ChunkRequest, np.ndarray, float]:
+        chunk = self.plan.chunk(index)
+        if self.engine.source is not None:
+            self.engine.release(index)  # frames before this chunk's window are no longer needed
+        if swap is not None:
+            self.engine.source = swap.source if swap.source.is_still else ShiftedSource(swap.source, chunk.start_frame)
+            if swap.mode == "cut" and index > 0:
+                self.engine.set_context(self.engine.source.frames(chunk.start_frame, self.plan.context))
+        elif live_window is not None:
+            self.engine.source = live_window
+        request = self.engine.request(index, audio, self.end_frame)
+        fallback = unchanged_frames(request)
+        if swap is not None and swap.mode == "blend" and request.context_frames is not None:
+            fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
+        return request, fallback, round(self.engine.speech_fraction(request), 3)
+
+    def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
+        frames = self.engine.accept(request, result)
+        if swap is not None and swap.mode == "blend" and request.context_frames is not None:
+            frames = _cross_fade(request.context_frames[-1], frames, self.settings.blend_frames)
+            self.engine.set_context(frames, request.context_frames)
+        return frames
+
+    # ---- control ------------------------------------------------------------------------------------
+    def swap_reference(self, name: str, source, mode: str) -> dict:
+        """Use ``source`` from the next chunk on; returns where the swap shows."""
+        if mode not in SWAP_MODES:
+            raise InputError(f"bad swap mode {mode!r}: accepted are {', '.join(SWAP_MODES)}")
+        if tuple(source.size) != tuple(self.source_size()):
+            source = _Resized(source, self.source_size())
+        self._swap = _Swap(name, source, mode)
+        if self.live is not None:
+            self.live = None  # a library source replaces the live video for good
+        chunk = self.plan.chunk(self._next_chunk)
+        return {"chunk": self._next_chunk, "at": round(self.clock.delay + chunk.new_start / FPS, 3)}
+
+class _Window(AudioTrack):
+    """The audio one chunk needs, copied out of the ring on the loop (absolute sample indices)."""
+
+    def __init__(self, first: int, samples: np.ndarray) -> None:
+        super().__init__(samples)
+        self.first = first
+
+    def read(self, first: int, last: int) -> np.ndarray:
+        return super().read(first - self.first, last - self.first)
+
+
+class _Resized:
+    """A swapped-in source at the session's output size (sizes cannot change mid-stream)."""
+
+    def __init__(self, source, size: tuple[int, int]) -> None:
+        from streaming.source import resize_and_centercrop
+
+        self._resize = resize_and_centercrop
+        self.source = source
+        self.size = size
+        self.is_still = source.is_still
+        self.keyframe_interval = getattr(source, "keyframe_interval", 72)
+
+    def frame(self, index: int) -> np.ndarray:
+        return self._resize(self.source.frame(index), self.size)
+
+    def frames(self, start: int, count: int) -> np.ndarray:
+        return np.stack([self.frame(i) for i in range(start, start + count)])
+
+    def release_before(self, index: int) -> None:
+        self.source.release_before(index)
+
+
+def _cross_fade(start: np.ndarray, frames: np.ndarray, count: int) -> np.ndarray:
+    """``frames`` with the first ``count`` faded in from ``start``."""
+    out = np.array(frames, copy=True)
+    count = min(count, len(out))
+    for i in range(count):
+        alpha = (i + 1) / (count + 1)
+        out[i] = (start.astype(np.float32) * (1 - alpha) + out[i].astype(np.float32) * alpha).round().astype(np.uint8)
+    return out
+
+
+def _log_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("source prefetch failed: %s", future.exception())
+
+
+def _jsonable(info: dict) -> dict:
+    return {str(k): v for k, v in info.items() if isinstance(v, (bool, int, float, str)) or v is None}
