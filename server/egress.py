@@ -28,14 +28,14 @@ from streaming.timeline import AUDIO_BLOCK, AUDIO_CLOCK, VIDEO_CLOCK
 
 log = logging.getLogger("livedub.egress")
 SKIP_AFTER = 6  # this many periods late (240 ms of video), the item due now is sent instead: no long burst
-VIEWER_QUEUE = 8  # packets a viewer may fall behind before it loses them (and waits for a keyframe)
+VIEWER_QUEUE = 8  # items a viewer may fall behind before it loses them (video: then waits for a keyframe)
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_CLOCK)
 BITS_PER_PIXEL = 0.08  # per frame: 512x512 at 25 fps -> 524 kbps, clear for a talking head
 MIN_BITRATE, MAX_BITRATE = 250_000, 2_500_000
 KEYFRAME_SECONDS = 4.0  # a periodic keyframe too, so that a lost packet never freezes a viewer for long
 VIDEO_CODECS = ("video/VP8", "video/H264")
-OPUS_BITRATE = 64_000
+OPUS_BITRATE = 96_000  # as aiortc's own Opus encoder
 
 
 def bitrate_for(size: tuple[int, int]) -> int:
@@ -191,7 +191,7 @@ class SpeechEncoder(_Encoder):
         self._codec.layout = "stereo"  # what the SDP's opus/48000/2 says
         self._codec.format = "s16"
         self._codec.time_base = AUDIO_TIME_BASE
-        self._codec.options = {"application": "voip", "frame_duration": "20"}
+        self._codec.options = {"application": "voip", "frame_duration": "20"}  # aiortc's settings, 20 ms packets
 
     def _pacer(self) -> Pacer:
         return Pacer(self.playout, self.playout.schedule.block_due, self.playout.schedule.block_at)
@@ -212,7 +212,7 @@ class SpeechEncoder(_Encoder):
 
 
 class EncodedTrack(MediaStreamTrack):
-    """One viewer's track: the session encoder's packets, from its next keyframe on."""
+    """One viewer's track: the session encoder's packets, from its first pull and next keyframe on."""
 
     def __init__(self, encoder: _Encoder, viewer_id: str) -> None:
         super().__init__()
@@ -223,20 +223,27 @@ class EncodedTrack(MediaStreamTrack):
         self._synced = False  # seen a keyframe since joining (or since losing packets)
         self._pending: list[av.Packet] = []
         self._last_sent: int | None = None
-        encoder.subscribe(self)
-        if isinstance(encoder, VideoEncoder):
-            encoder.request_keyframe()
+        self._subscribed = False
 
     def deliver(self, encoded: Encoded | None) -> None:
         if self._queue.full():
-            while not self._queue.empty():
-                self._queue.get_nowait()  # fallen behind: drop what it has, resume at a keyframe
-            self._synced = False
             if isinstance(self.encoder, VideoEncoder):
+                while not self._queue.empty():
+                    self._queue.get_nowait()  # fallen behind: drop what it has, resume at a keyframe
+                self._synced = False
                 self.encoder.request_keyframe()
+            else:
+                self._queue.get_nowait()  # speech packets stand alone: only the oldest is lost
         self._queue.put_nowait(encoded)
 
     async def recv(self) -> av.Packet:
+        if not self._subscribed:
+            # From the sender's first pull (the connection is up), not from the answer: packets made
+            # before then would only queue up, and reach the viewer late.
+            self._subscribed = True
+            self.encoder.subscribe(self)
+            if isinstance(self.encoder, VideoEncoder):
+                self.encoder.request_keyframe()
         while not self._pending:
             if self.readyState != "live":
                 raise MediaStreamError

@@ -29,7 +29,7 @@ from streaming.events import SessionEvent, message
 from streaming.livesource import LiveVideoSource
 from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettings, check_delay, lowest_delay,
                                widest_margins)
-from streaming.source import VideoSource
+from streaming.sharedsource import SourceCache
 from streaming.warmup import warm_up, warm_up_request
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
 
@@ -85,6 +85,7 @@ class SessionManager:
         self._profiles: dict[str, GeneratorProfile] = {}
         self._unbuildable: dict[str, str] = {}
         self._warm_costs: dict[str, float] = {}  # generator -> warm chunk seconds measured at start-up
+        self.sources = SourceCache()  # sessions on one library source share its decoded frames
 
     # ---- events -----------------------------------------------------------------------------------------
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
@@ -294,7 +295,7 @@ class SessionManager:
                 media, name = LiveVideoSource(self.config.size), "live"
             else:
                 media = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: VideoSource(path, self.config.size, "loop", settings.keyframe_interval))
+                    None, self.sources.open, path, self.config.size, settings.keyframe_interval)
                 name = source
             session_id = secrets.token_hex(8)
             needs = serving_needs(spec.name)
@@ -322,7 +323,7 @@ class SessionManager:
     async def load_source(self, name: str):
         path = self.library.path(name)
         return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: VideoSource(path, self.config.size, "loop", self.settings.keyframe_interval))
+            None, self.sources.open, path, self.config.size, self.settings.keyframe_interval)
 
     async def attach_ingest(self, session_id: str, offer: Offer) -> str:
         """Answer a WHIP offer for an existing session (one ingest per session)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from _server_support import write_still
@@ -72,6 +73,7 @@ async def test_a_per_session_generator_gets_its_own_pool_and_its_declared_fallba
         first = await manager.create("red")
         second = await manager.create("red")
         assert first.pool is not second.pool
+        assert first.loop.engine.source is second.loop.engine.source  # one programme, decoded once
         assert first.fallback_pool is not None and first.fallback_pool.mode == "thread"
         assert [t.name for t in first.scheduler.tiers][-1] == "fallback"
     finally:
@@ -137,3 +139,22 @@ async def _until(condition, limit: float = 10.0) -> bool:
     while not condition() and time.monotonic() < end:
         await asyncio.sleep(0.05)
     return condition()
+
+
+async def test_sessions_on_one_source_share_its_decoded_frames(tmp_path):
+    from server.demo import make_demo_source
+    from streaming.sharedsource import SourceCache
+    from streaming.source import VideoSource
+
+    clip = make_demo_source(str(tmp_path / "clip.mp4"), seconds=1.0, size=64)
+    cache = SourceCache()
+    first, second = cache.open(clip, (64, 64), 72), cache.open(clip, (64, 64), 72)
+    assert first is second and cache.decoded == 1 and first.length == 25
+    own = VideoSource(clip, (64, 64), "loop", 72)
+    for n in (0, 7, 24, 25, 31, 60):  # frame n of the loop, as a session's own decoder gives it
+        np.testing.assert_array_equal(first.frame(n), own.frame(n))
+    with pytest.raises(ValueError):
+        first.frame(3)[0, 0, 0] = 1  # read-only: shared by sessions
+    small = SourceCache(max_bytes=10 * 64 * 64 * 3)  # 10 frames: a 25-frame clip does not fit
+    a, b = small.open(clip, (64, 64), 72), small.open(clip, (64, 64), 72)
+    assert isinstance(a, VideoSource) and a is not b and small.decoded == 0
