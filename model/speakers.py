@@ -99,4 +99,7 @@ def check_pick(pick) -> FacePick:
                            "or a horizontal position from 0.0 to 1.0")
     if isinstance(pick, float) and not 0.0 <= pick <= 1.0:
         raise SpeakerError(f"bad face position {pick}: accepted is a horizontal position from 0.0 to 1.0")
+    if isinstance(pick, int) and not -MAX_FACES <= pick < MAX_FACES:
+        raise SpeakerError(f"bad face number {pick}: accepted are 0..{MAX_FACES - 1} from the left "
+                           f"(-1..-{MAX_FACES} from the right) or a horizontal position from 0.0 to 1.0")
     return pick
