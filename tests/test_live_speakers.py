@@ -144,3 +144,25 @@ async def _offer() -> str:
     await pc.setLocalDescription(await pc.createOffer())
     await pc.close()
     return pc.localDescription.sdp
+
+
+@pytest.mark.slow
+async def test_client_sends_two_speakers(tmp_path, loopback):
+    """`livedub client SPEECH --second-speech FILE`: speaker 2 on its own ingest, the dub recorded."""
+    from client.live import send_and_record
+    from tests.conftest import write_wav
+
+    folder = str(tmp_path / "sources")
+    os.makedirs(folder)
+    Image.fromarray(two_people(320)).save(os.path.join(folder, "pair.png"))
+    first = write_wav(str(tmp_path / "one.wav"), speech_48k(3.0), PLAYOUT_RATE)
+    second = write_wav(str(tmp_path / "two.wav"), speaker_2_speech()[: 4 * PLAYOUT_RATE], PLAYOUT_RATE)
+    server = await start_server(folder, generator="lite", size="640x320", delay=DELAY)
+    try:
+        summary = await send_and_record(server.url, "pair", first, str(tmp_path / "dub.mp4"), delay=DELAY,
+                                        second_speech_path=second)
+    finally:
+        await server.stop()
+    stats = summary["stats"]
+    assert stats["ingest"]["speaker2"]["frames"] >= 190  # 4 s of 20 ms frames, all sent before the end
+    assert stats["chunks"]["generated"] >= 1 and summary["frames_recorded"]["video"] > 25 * 4
