@@ -144,8 +144,10 @@ def test_resolve_by_rank_and_position():
     assert SpeakerFaces().with_pick(2, 0.9).resolve(centres, width) == (1, 0)
     with pytest.raises(SpeakerError, match="found 1 face in the reference; two speakers need two"):
         SpeakerFaces().resolve([10.0], width)
-    with pytest.raises(SpeakerError, match="speaker 2 asks for face 5 but the reference has 3 faces"):
-        SpeakerFaces((0, 5)).resolve(centres, width)
+    with pytest.raises(SpeakerError, match="speaker 2 asks for face 3 but the reference has 3 faces"):
+        SpeakerFaces((0, 3)).resolve(centres, width)
+    with pytest.raises(SpeakerError, match="bad face number 5: accepted are 0..3 from the left"):
+        SpeakerFaces((0, 5))
     for bad in ("x", True, None, -0.5, 1.5, [1]):
         with pytest.raises(SpeakerError, match="bad face"):
             SpeakerFaces().with_pick(1, bad)

@@ -49,62 +49,45 @@ class LiteGenerator:
 
     def generate(self, request: ChunkRequest) -> ChunkResult:
         with self._lock:
-            if request.second_audio is not None:
-                return self._generate_two(request)
             return self._generate(request)
 
     def _generate(self, request: ChunkRequest) -> ChunkResult:
         started = time.perf_counter()
-        track = speech.mouth_track(request)
+        tracks = [speech.mouth_track(request)]  # one per speaker
+        if request.second_audio is not None:
+            window_start = request.start_frame * SAMPLES_PER_FRAME
+            tracks.append(speech.mouth_track_for(request.second_audio, window_start - request.audio_offset,
+                                                 window_start, request.num_frames))
         first_new = request.num_context
         # With context, also remake the last context frame to see whether it joins our frames.
         first = first_new - 1 if first_new > 0 else 0
         frames: list[np.ndarray] = []
         found: list[bool] = []
         for index in range(first, request.num_frames):
-            image, geometry = self._frame_geometry(request, index)
-            found.append(geometry is not None)
-            if geometry is None:
-                frames.append(image)
-            else:
-                frames.append(mouth.render(image, geometry, float(track.opening[index]), float(track.width[index])))
-        if first < first_new:
-            frames = self._join(request.context_frames[-1], frames[0], frames[1:])
-            found = found[1:]
-        new_opening = track.opening[first_new:]
-        info = {"face_found": bool(any(found)), "face_frames": int(sum(found)), "frames": len(found),
-                "mean_opening": round(float(new_opening.mean()), 3) if new_opening.size else 0.0,
-                "animated": bool(any(found))}
-        return ChunkResult(np.stack(frames), time.perf_counter() - started, info)
-
-    def _generate_two(self, request: ChunkRequest) -> ChunkResult:
-        """Both speakers' faces, each following its own speech."""
-        started = time.perf_counter()
-        window_start = request.start_frame * SAMPLES_PER_FRAME
-        tracks = [speech.mouth_track(request),
-                  speech.mouth_track_for(request.second_audio, window_start - request.audio_offset, window_start,
-                                         request.num_frames)]
-        picks = request.speaker_faces or SpeakerFaces()
-        first_new = request.num_context
-        first = first_new - 1 if first_new > 0 else 0
-        frames: list[np.ndarray] = []
-        found: list[bool] = []
-        for index in range(first, request.num_frames):
-            image, geometries = self._pair_geometry(request, index, picks)
-            found.append(geometries is not None and None not in geometries)
-            if found[-1]:
-                for geometry, track in zip(geometries, tracks):
-                    image = mouth.render(image, geometry, float(track.opening[index]), float(track.width[index]))
+            image, geometries = self._geometries(request, index)
+            found.append(geometries is not None)
+            for geometry, track in zip(geometries or (), tracks):
+                image = mouth.render(image, geometry, float(track.opening[index]), float(track.width[index]))
             frames.append(image)
         if first < first_new:
             frames = self._join(request.context_frames[-1], frames[0], frames[1:])
             found = found[1:]
         info = {"face_found": bool(any(found)), "face_frames": int(sum(found)), "frames": len(found),
-                "animated": bool(any(found)), "speakers": 2}
-        for speaker, track in enumerate(tracks, start=1):
-            opening = track.opening[first_new:]
-            info[f"mean_opening_{speaker}"] = round(float(opening.mean()), 3) if opening.size else 0.0
+                "animated": bool(any(found))}
+        openings = [track.opening[first_new:] for track in tracks]
+        means = [round(float(o.mean()), 3) if o.size else 0.0 for o in openings]
+        if len(tracks) == 1:
+            info["mean_opening"] = means[0]
+        else:
+            info.update(speakers=2, mean_opening_1=means[0], mean_opening_2=means[1])
         return ChunkResult(np.stack(frames), time.perf_counter() - started, info)
+
+    def _geometries(self, request: ChunkRequest, index: int) -> tuple[np.ndarray, tuple | None]:
+        """The frame to animate and each speaker's mouth geometry on it (None: not every face found)."""
+        if request.second_audio is not None:
+            return self._pair_geometry(request, index, request.speaker_faces or SpeakerFaces())
+        image, geometry = self._frame_geometry(request, index)
+        return image, None if geometry is None else (geometry,)
 
     def _pair_geometry(self, request: ChunkRequest, index: int, picks: SpeakerFaces):
         """The frame and (speaker 1's, speaker 2's) mouth geometry; None when two faces are not found."""
@@ -153,12 +136,14 @@ class LiteGenerator:
 
 
 def _measure_pair(image: np.ndarray, faces: list[np.ndarray], picks: SpeakerFaces) -> tuple | None:
-    """(speaker 1's, speaker 2's) mouth geometry, or None when the picks do not find two faces."""
+    """(speaker 1's, speaker 2's) mouth geometry, or None when the picks do not find two faces (or a
+    mouth is too small to animate)."""
     try:
         pair = picks.pick(faces, image.shape[1], "the frame")
     except SpeakerError:
         return None
-    return tuple(mouth.measure(image, landmarks) for landmarks in pair)
+    geometries = tuple(mouth.measure(image, landmarks) for landmarks in pair)
+    return None if None in geometries else geometries
 
 
 def build(device: str | None = None, **options) -> LiteGenerator:
