@@ -296,9 +296,13 @@ class SessionManager:
         if entry.second_ingest is not None:
             raise LimitReached(taken)
         ingest = session.speakers.ingest(2)
-        # Speaker 2 leaving is silence from then on; the session lives by speaker 1's ingest.
-        peer, answer = await open_ingest(session, offer, self.config.ice_servers, ingest.end,
-                                         self.config.connect_timeout, speaker=2)
+        try:
+            # Speaker 2 leaving is silence from then on; the session lives by speaker 1's ingest.
+            peer, answer = await open_ingest(session, offer, self.config.ice_servers, ingest.end,
+                                             self.config.connect_timeout, speaker=2)
+        except BaseException:
+            session.speakers.forget_unused_second()  # a failed offer leaves the session with one speaker
+            raise
         if entry.second_ingest is not None or session.state == "ended":
             await peer.close()
             raise LimitReached(taken)

@@ -36,6 +36,11 @@ class LiveSpeakers:
             self.second = LiveAudioIngest(self.capacity_seconds, self.first.receive_latency)
         return self.second
 
+    def forget_unused_second(self) -> None:
+        """Back to one speaker when speaker 2's ingest never received anything (its offer failed)."""
+        if self.second is not None and self.second.frames_received == 0:
+            self.second = None
+
     def second_samples(self, first: int, last: int) -> np.ndarray | None:
         """Speaker 2's model samples [first, last) (zeros where none arrived); None with one speaker."""
         return None if self.second is None else self.second.model.read(first, last)

@@ -63,13 +63,20 @@ async def test_two_speakers_live(tmp_path, loopback):
     first, second = speech_48k(SECONDS), speaker_2_speech()
     try:
         async with ControlClient(control_url(server)) as control, aiohttp.ClientSession() as http:
-            created = await control.request("create", source="pair", delay=DELAY)
+            created = await control.request("create", source="pair", delay=DELAY, timeout=120)  # a busy machine
             session = created["session"]
             viewer = Viewer(http, lambda kind, frame, arrival: heard.append((arrival, frame.pts, to_mono(frame)))
                             if kind == "audio" else None)
             await viewer.watch(created["whep"], video=False)
             publisher = Publisher(http)
             await publisher.publish(created["whip"], SpeechTrack(first))
+            # An offer that passes the check but cannot be answered (no common codec) leaves one speaker.
+            no_codec = (await _offer()).replace("opus/48000/2", "iLBC/8000").replace("G722/", "speex/") \
+                .replace("PCMU/", "AMR/").replace("PCMA/", "EVS/")
+            async with http.post(created["whip"] + "?speaker=2", data=no_codec,
+                                 headers={"Content-Type": "application/sdp"}) as response:
+                assert response.status == 400, await response.text()
+            assert server.manager.get(session).speakers.count == 1
             second_publisher = Publisher(http)
             resource = await second_publisher.publish(created["whip"] + "?speaker=2", SpeechTrack(second))
             assert resource.endswith(f"/whip/{session}?speaker=2")
