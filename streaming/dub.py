@@ -132,7 +132,7 @@ def load_speech(path: str, second: bool = False) -> np.ndarray:
 
 
 def mix_speech(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Both speakers in one track (the longer's length), scaled down only where the sum would clip."""
+    """Both speakers in one track (the longer one's length), scaled down as a whole when the sum would clip."""
     mixed = np.zeros(max(first.size, second.size), np.float32)
     mixed[: first.size] += first
     mixed[: second.size] += second

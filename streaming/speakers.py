@@ -2,8 +2,8 @@
 ingest arrives), which face each animates, and what viewers hear (both, mixed).
 
 Kept apart from the session's chunk loop so that the loop only asks two things: the second speaker's
-samples for a chunk (None with one speaker) and the faces to put in the request. Speaker 2's ingest ending (or never arriving) leaves silence: the session
-lives and ends with speaker 1's ingest.
+samples for a chunk (None with one speaker) and the faces to put in the request. Speaker 2's ingest
+ending (or never arriving) leaves silence: the session lives and ends with speaker 1's ingest.
 """
 
 from __future__ import annotations
