@@ -18,8 +18,8 @@ from streaming.errors import InputError, quoted
 from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.control")
-OPS = ("auth", "create", "swap_reference", "stats", "stop", "sessions", "sources", "subscribe", "unsubscribe",
-       "ping")
+OPS = ("auth", "create", "swap_reference", "assign_speaker", "stats", "stop", "sessions", "sources", "subscribe",
+       "unsubscribe", "ping")
 ERROR_CODES = {UnknownSource: "unknown_source", BadName: "bad_name", UnknownSession: "unknown_session",
                LimitReached: "limit_reached", GeneratorUnavailable: "generator_unavailable",
                OfferError: "bad_offer"}
@@ -178,6 +178,14 @@ class ControlChannel:
         mode = _field(message, "mode", (str,), required=False, default="cut")
         where = await self.manager.swap(session_id, source, mode)
         return {"session": session_id, "source": source, "mode": mode, **where}
+
+    async def _op_assign_speaker(self, message: dict) -> dict:
+        """{session, speaker: 1|2, face: a rank from the left (0, 1, ...) or a horizontal position 0..1}."""
+        session_id = _field(message, "session", (str,))
+        speaker = _field(message, "speaker", (int,))
+        face = _field(message, "face", (int, float))
+        where = self.manager.get(session_id).assign_speaker(speaker, face)
+        return {"session": session_id, "speaker": speaker, "face": face, **where}
 
     async def _op_stats(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,), required=False)

@@ -108,16 +108,18 @@ class Peer:
 
 
 async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[IceServer, ...],
-                      on_gone: Callable[[], None], connect_timeout: float) -> tuple[Peer, str]:
-    """Answer a WHIP offer: its audio feeds ``session``'s ingest, its video (if the session has a live
-    source) the live source. ``on_gone`` runs once when the connection fails or closes."""
+                      on_gone: Callable[[], None], connect_timeout: float, speaker: int = 1) -> tuple[Peer, str]:
+    """Answer a WHIP offer: its audio feeds speaker ``speaker``'s ingest of ``session``, its video (if the
+    session has a live source; speaker 1 only) the live source. ``on_gone`` runs once when the connection
+    fails or closes."""
     peer = Peer(ice_servers, on_gone, connect_timeout)
+    ingest = session.speakers.ingest(speaker)
 
     @peer.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            peer.read(track, lambda frame: session.ingest.push(frame, session.session_time()))
-        elif session.live is not None:
+            peer.read(track, lambda frame: ingest.push(frame, session.session_time()))
+        elif session.live is not None and speaker == 1:
             peer.read(track, lambda frame: session.live.push(frame, session.session_time())
                       if session.live is not None else None)
         else:

@@ -93,7 +93,7 @@ class SessionAudioTrack(_PacedTrack):
             self.stop()
             raise MediaStreamError
         if j >= 0:
-            samples = self.session.ingest.playout.read(j * AUDIO_BLOCK, (j + 1) * AUDIO_BLOCK)
+            samples = self.session.speakers.playout(j * AUDIO_BLOCK, (j + 1) * AUDIO_BLOCK)  # both speakers
         else:
             samples = np.zeros(AUDIO_BLOCK, np.float32)  # before the delay has passed: silence
         pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)[None, :]

@@ -33,6 +33,7 @@ from streaming.errors import InputError
 from streaming.ingest import LiveAudioIngest
 from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.scheduler import DEFAULT_TIERS, Scheduler
+from streaming.speakers import LiveSpeakers
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
 
@@ -156,6 +157,7 @@ class LiveSession:
         self._now = clock
         self.clock = SessionClock(clock(), settings.delay, settings.lead)
         self.ingest = LiveAudioIngest(settings.buffer_seconds)
+        self.speakers = LiveSpeakers(self.ingest, settings.buffer_seconds)  # speaker 2: a second WHIP ingest
         self.live: LiveVideoSource | None = source if isinstance(source, LiveVideoSource) else None
         self.source_name = source_name
         self.engine = ChunkEngine(source if self.live is None else None, self.profile, plan,
@@ -264,13 +266,17 @@ class LiveSession:
         deadline = slot_due - self.settings.playout_margin
         first, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
         audio = _Window(first, self.ingest.model.read(first, last))
+        second = self.speakers.second_samples(first, last)
+        second = None if second is None else _Window(first, second)
         swap, self._swap = self._swap, None
         self._next_chunk = index + 1
         live_window = self._live_window(chunk) if self.live is not None and swap is None else None
-        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window)
+        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window, second)
         self.timeline.offer(index, fallback, "fallback")
         decision = self.scheduler.choose(deadline - self._now())
-        report = {"chunk": index, "slot_at": round(slot_due - self.clock.origin, 3), "speech_fraction": speech}
+        report = {"chunk": index, "slot_at": round(slot_due - self.clock.origin, 3), "speech_fraction": speech[0]}
+        if len(speech) > 1:  # two speakers: each one's voice activity
+            report["speech_fractions"] = speech
         if decision.skipped:
             self.tier_counts["skip"] += 1
             self._event("degraded", **report, action="skip", time_left=round(decision.time_left, 3),
@@ -324,7 +330,7 @@ class LiveSession:
             source.frame(end_frame - 1)
 
     def _build(self, index: int, audio: "_Window", swap: _Swap | None,
-               live_window) -> tuple[ChunkRequest, np.ndarray, float]:
+               live_window, second: "_Window | None" = None) -> tuple[ChunkRequest, np.ndarray, list[float]]:
         chunk = self.plan.chunk(index)
         if self.engine.source is not None:
             self.engine.release(index)  # frames before this chunk's window are no longer needed
@@ -334,11 +340,13 @@ class LiveSession:
                 self.engine.set_context(self.engine.source.frames(chunk.start_frame, self.plan.context))
         elif live_window is not None:
             self.engine.source = live_window
-        request = self.engine.request(index, audio, self.end_frame)
+        self.engine.speaker_faces = self.speakers.faces
+        request = self.engine.request(index, audio, self.end_frame, second_audio=second)
         fallback = unchanged_frames(request)
         if swap is not None and swap.mode == "blend" and request.context_frames is not None:
             fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
-        return request, fallback, round(self.engine.speech_fraction(request), 3)
+        return request, fallback, [round(self.engine.speech_fraction(request, speaker), 3)
+                                   for speaker in range(1, request.speakers + 1)]
 
     def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
         frames = self.engine.accept(request, result)
@@ -360,6 +368,12 @@ class LiveSession:
             self.live = None  # a library source replaces the live video for good
         chunk = self.plan.chunk(self._next_chunk)
         return {"chunk": self._next_chunk, "at": round(self.clock.delay + chunk.new_start / FPS, 3)}
+
+    def assign_speaker(self, speaker: int, face) -> dict:
+        """Speaker ``speaker`` (1 or 2) animates ``face`` (rank from the left, or position 0..1) from the
+        next chunk on; returns the faces of both speakers and the chunk where it shows."""
+        faces = self.speakers.assign(speaker, face)
+        return {"faces": list(faces.picks), "chunk": self._next_chunk}
 
     def end_ingest(self) -> None:
         """The speech has ended: play out what was captured, then end."""
@@ -427,7 +441,8 @@ class LiveSession:
                      if self.generator_seconds else None},
             "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,
                        "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
-                       "video_frames": self.live.frames_received if self.live is not None else 0},
+                       "video_frames": self.live.frames_received if self.live is not None else 0,
+                       **({"speaker2": self.speakers.stats()} if self.speakers.second is not None else {})},
         }
 
 
