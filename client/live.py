@@ -37,6 +37,8 @@ def add_client(commands) -> None:
                                              "record the dubbed output from WHEP to an mp4, print stats.")
     add = parser.add_argument
     add("speech", help="speech file (wav, flac, mp3, m4a or a video with sound)")
+    add("--second-speech", metavar="FILE", help="a second speaker's speech, sent on its own WHIP ingest "
+                                                "(?speaker=2): speaker 1 is the leftmost face, speaker 2 the next")
     add("--source", required=True, help="source name on the server (see its /sources)")
     add("--server", default="http://127.0.0.1:8080", help="server URL (default http://127.0.0.1:8080)")
     add("-o", "--output", default="dub.mp4", help="recorded output mp4 (default dub.mp4)")
@@ -69,7 +71,8 @@ def run_client(args: argparse.Namespace) -> int:
     summary = asyncio.run(send_and_record(args.server, args.source, args.speech, args.output, token=token,
                                           delay=args.delay, generator=args.generator, swaps=args.swap,
                                           tail=args.tail, ice_servers=args.ice_server,
-                                          progress=None if args.quiet else sys.stdout))
+                                          progress=None if args.quiet else sys.stdout,
+                                          second_speech_path=args.second_speech))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -86,7 +89,7 @@ def _line(stats: dict, clock: float) -> str:
 
 async def send_and_record(server: str, source: str, speech_path: str, output: str, token: str | None = None,
                           delay: float | None = None, generator: str | None = None, swaps=(), tail: float = 0.5,
-                          ice_servers=(), progress=None) -> dict:
+                          ice_servers=(), progress=None, second_speech_path: str | None = None) -> dict:
     import aiohttp
 
     from client.control import ControlClient, ControlError
@@ -96,6 +99,10 @@ async def send_and_record(server: str, source: str, speech_path: str, output: st
 
     load_audio(speech_path)  # validates the file with a clear error before anything connects
     samples = read_speech(speech_path)
+    second_samples = None
+    if second_speech_path is not None:
+        load_audio(second_speech_path)
+        second_samples = read_speech(second_speech_path)
     base = server.rstrip("/")
     control_url = ("wss" if base.startswith("https") else "ws") + base[base.index(":"):] + "/control"
     options = {k: v for k, v in (("delay", delay), ("generator", generator)) if v is not None}
@@ -104,11 +111,17 @@ async def send_and_record(server: str, source: str, speech_path: str, output: st
         created = await control.request("create", source=source, **options)
         viewer = Viewer(http, recorder, token, list(ice_servers))
         publisher = Publisher(http, token, list(ice_servers))
+        # Speaker 2 on its own WHIP ingest of the same session.
+        second = None if second_samples is None else Publisher(http, token, list(ice_servers))
         watched_at = time.monotonic()
         try:
             await viewer.watch(created["whep"])
             track = SpeechTrack(samples)
             await publisher.publish(created["whip"], track)
+            tracks = [track]
+            if second is not None:
+                tracks.append(SpeechTrack(second_samples))
+                await second.publish(created["whip"] + "?speaker=2", tracks[1])
             pending = sorted(swaps)
             swapped = []
             end = None
@@ -129,11 +142,13 @@ async def send_and_record(server: str, source: str, speech_path: str, output: st
                     break  # the session played its speech out and ended
                 if progress is not None:
                     print(_line(stats, elapsed), file=progress, flush=True)
-                if end is None and track.finished:
-                    # The file is over: the session plays out what it has and ends by itself.
+                if end is None and all(t.finished for t in tracks):
+                    # The files are over: the session plays out what it has and ends by itself.
                     await control.request("end_ingest", session=created["session"])
-                    end = track.started_at + track.duration + created["delay"] + tail
+                    end = max(t.started_at + t.duration for t in tracks) + created["delay"] + tail
         finally:
+            if second is not None:
+                await second.close()  # speaker 2 leaves first (DELETE ?speaker=2)
             await publisher.close()  # DELETE on the WHIP resource ends the session
             await viewer.close(delete=False)
             recorder.close()

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from model.speakers import SpeakerFaces
+
 AUDIO_RATE = 16_000
 FPS = 25
 SAMPLES_PER_FRAME = AUDIO_RATE // FPS  # 640
@@ -62,6 +64,14 @@ class ChunkRequest:
     # Colour-correction strength towards the reference (0..1). The engine applies it to the result unless
     # the generator says it applies it itself (``applies_color_correction``, e.g. on the GPU).
     color_strength: float = 0.0
+    # Two speakers: the second speaker's speech over the same samples as ``audio`` (same offset), and which
+    # face each speaker animates. None: one speaker (the generator's own choice of face).
+    second_audio: np.ndarray | None = None
+    speaker_faces: SpeakerFaces | None = None
+
+    @property
+    def speakers(self) -> int:
+        return 1 if self.second_audio is None else 2
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,10 +86,11 @@ class ChunkRequest:
     def num_new(self) -> int:
         return self.num_frames - self.num_context
 
-    def window_audio(self) -> np.ndarray:
-        """The audio of exactly the window's frames (no margins)."""
+    def window_audio(self, speaker: int = 1) -> np.ndarray:
+        """The audio of exactly the window's frames (no margins), of speaker 1 or 2."""
         length = self.num_frames * SAMPLES_PER_FRAME
-        return self.audio[self.audio_offset : self.audio_offset + length]
+        audio = self.audio if speaker == 1 else self.second_audio
+        return audio[self.audio_offset : self.audio_offset + length]
 
 
 @dataclasses.dataclass

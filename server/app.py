@@ -12,7 +12,8 @@ in the same event loop as aiortc (whose own examples use it).
   GET  /config                {"generator": NAME, "delay": {"min", "max", "default", "exact"}, "size", "ops"}
   POST /whip?source=NAME[&delay=S]   SDP offer -> 201, SDP answer, Location /whip/ID (new session)
   POST /whip/ID               SDP offer -> 201: the ingest of a session made by the control op ``create``
-  DELETE /whip/ID             ends the session
+  POST /whip/ID?speaker=2     SDP offer -> 201: a second speaker's speech for the session (two faces)
+  DELETE /whip/ID             ends the session (DELETE /whip/ID?speaker=2: speaker 2 leaves, the session goes on)
   POST /whep/ID               SDP offer -> 201, SDP answer, Location /whep/ID/VIEWER
   DELETE /whep/ID/VIEWER      ends that viewer
   GET  /control               the control websocket (JSON)
@@ -77,6 +78,15 @@ def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
     return _problem(exc.status, HTTP_CODES.get(exc.status, f"http_{exc.status}"), message.strip(), **headers)
+
+
+def _speaker(request: web.Request) -> int:
+    """The ``?speaker=`` of a WHIP request: 1 (default: the session's own speech) or 2 (a second speaker)."""
+    speaker = request.query.get("speaker", "1")
+    if speaker not in ("1", "2"):
+        raise InputError(f"bad speaker {quoted(speaker, 20)}: accepted are 1 and 2 (?speaker=2 sends the "
+                         "second speaker's speech)")
+    return int(speaker)
 
 
 def _input_problem(exc: InputError) -> web.Response:
@@ -263,11 +273,16 @@ class LiveServer:
     async def _whip_attach(self, request: web.Request) -> web.Response:
         offer = await self._read_sdp(request, "whip")
         session_id = request.match_info["session"]
-        answer = await self.manager.attach_ingest(session_id, offer)
-        return self._sdp_created(answer, f"/whip/{session_id}", **{"X-Livedub-Session": session_id})
+        speaker = _speaker(request)
+        answer = await self.manager.attach_ingest(session_id, offer, speaker)
+        location = f"/whip/{session_id}" + ("?speaker=2" if speaker == 2 else "")
+        return self._sdp_created(answer, location, **{"X-Livedub-Session": session_id})
 
     async def _whip_delete(self, request: web.Request) -> web.Response:
-        await self.manager.stop(request.match_info["session"], "ingest_deleted")
+        if _speaker(request) == 2:  # speaker 2 leaves; the session goes on with speaker 1
+            await self.manager.detach_second_speaker(request.match_info["session"])
+        else:
+            await self.manager.stop(request.match_info["session"], "ingest_deleted")
         return web.Response(status=200)
 
     async def _whep(self, request: web.Request) -> web.Response:

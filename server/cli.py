@@ -70,9 +70,17 @@ def generator_options(args: argparse.Namespace) -> dict:
 
 def _add_dub(commands) -> None:
     parser = commands.add_parser("dub", help="dub a video (or still image) with a speech file, write an mp4",
-                                 description="Dub SOURCE (a video or a still image) with the speech in AUDIO.")
+                                 description="Dub SOURCE (a video or a still image) with the speech in AUDIO. "
+                                             "With AUDIO2, two people speak: speaker 1 (AUDIO) is the leftmost "
+                                             "face, speaker 2 (AUDIO2) the next; the output's sound mixes both.")
     parser.add_argument("source", help="video or image whose speaker is re-animated")
     parser.add_argument("audio", help="speech: wav, flac, mp3, m4a or a video with sound")
+    parser.add_argument("audio2", nargs="?", default=None, help="a second speaker's speech (optional)")
+    parser.add_argument("--speaker-order", choices=("left-right", "right-left"), default=None,
+                        help="two speakers: speaker 1 is the leftmost face (left-right, default) or the rightmost")
+    parser.add_argument("--speaker-faces", metavar="X1,X2", default=None,
+                        help="two speakers: pick each speaker's face by its horizontal position in the "
+                             "reference, 0 (left) to 1 (right), e.g. 0.2,0.7")
     parser.add_argument("-o", "--output", help="output mp4 (default: SOURCE_dubbed.mp4 here)")
     add_generator_options(parser)
     parser.add_argument("--size", type=_size, default=480, help="480 (default) or 720 bucket, or WxH")
@@ -93,15 +101,33 @@ def _run_dub(args: argparse.Namespace) -> int:
 
     settings = DubSettings(generator=args.generator, size=args.size, keyframe_interval=args.keyframe_interval,
                            color_correction=args.color_correction, source_end=args.source_end, seed=args.seed,
-                           generator_options=generator_options(args))
+                           generator_options=generator_options(args), speaker_faces=_speaker_faces(args))
     output = args.output or default_output_name(args.source)
-    report = dub(args.source, args.audio, output, settings, progress=None if args.quiet else ProgressBar())
+    report = dub(args.source, args.audio, output, settings, progress=None if args.quiet else ProgressBar(),
+                 second_audio_path=args.audio2)
     print(report.summary())
     if args.report:
         with open(args.report, "w") as handle:
             json.dump({"output": report.output, "frames": report.frames, "seconds": report.seconds,
                        "chunks": [vars(c) for c in report.chunks]}, handle, indent=1)
     return 0
+
+
+def _speaker_faces(args: argparse.Namespace):
+    """The speakers' faces from --speaker-order / --speaker-faces (None: the default, or one speaker)."""
+    from model.speakers import SpeakerError, SpeakerFaces
+
+    if args.speaker_order and args.speaker_faces:
+        raise InputError("--speaker-order and --speaker-faces both choose the faces: accepted is one of them")
+    if (args.speaker_order or args.speaker_faces) and not args.audio2:
+        option = "--speaker-order" if args.speaker_order else "--speaker-faces"
+        raise InputError(f"{option} is for two speakers: give a second speech file (AUDIO2) too")
+    try:
+        if args.speaker_faces:
+            return SpeakerFaces.parse_positions(args.speaker_faces)
+        return SpeakerFaces.ordered(args.speaker_order) if args.speaker_order else None
+    except SpeakerError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _add_demo(commands) -> None:

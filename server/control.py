@@ -18,8 +18,8 @@ from streaming.errors import InputError, quoted
 from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.control")
-OPS = ("auth", "create", "swap_reference", "end_ingest", "stats", "stop", "sessions", "sources", "subscribe",
-       "unsubscribe", "ping")
+OPS = ("auth", "create", "swap_reference", "assign_speaker", "end_ingest", "stats", "stop", "sessions", "sources",
+       "subscribe", "unsubscribe", "ping")
 ERROR_CODES = {UnknownSource: "unknown_source", BadName: "bad_name", UnknownSession: "unknown_session",
                LimitReached: "limit_reached", GeneratorUnavailable: "generator_unavailable",
                OfferError: "bad_offer"}
@@ -184,6 +184,14 @@ class ControlChannel:
         captured, then ends with ``ingest_ended`` instead of idling."""
         session_id = _field(message, "session", (str,))
         return {"session": session_id, **self.manager.end_ingest(session_id)}
+
+    async def _op_assign_speaker(self, message: dict) -> dict:
+        """{session, speaker: 1|2, face: a rank from the left (0, 1, ...) or a horizontal position 0..1}."""
+        session_id = _field(message, "session", (str,))
+        speaker = _field(message, "speaker", (int,))
+        face = _field(message, "face", (int, float))
+        where = self.manager.get(session_id).assign_speaker(speaker, face)
+        return {"session": session_id, "speaker": speaker, "face": face, **where}
 
     async def _op_stats(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,), required=False)

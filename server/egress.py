@@ -78,6 +78,9 @@ class _Encoder:
     """One paced encode loop; the packets go to every subscribed viewer's queue."""
 
     kind = ""
+    # Encode on the event loop itself: for work far cheaper than a thread hand-off's wait on a busy
+    # machine (20 ms of Opus: a fraction of a millisecond), which would make the loop late and skip.
+    on_loop = False
 
     def __init__(self, playout: Playout, executor: concurrent.futures.Executor | None) -> None:
         self.playout = playout
@@ -104,7 +107,10 @@ class _Encoder:
                 index = await pacer.next()
                 if self.playout.ended(self._seconds(index)):
                     break
-                encoded = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, index)
+                if self.on_loop:
+                    encoded = self._encode(index)
+                else:
+                    encoded = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, index)
                 self.encoded += 1
                 for viewer in list(self._viewers):
                     viewer.deliver(encoded)
@@ -182,6 +188,7 @@ class SpeechEncoder(_Encoder):
     """The session's delayed speech, encoded once with Opus (20 ms packets)."""
 
     kind = "audio"
+    on_loop = True
 
     def __init__(self, playout: Playout, executor: concurrent.futures.Executor | None = None) -> None:
         super().__init__(playout, executor)

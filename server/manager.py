@@ -55,6 +55,7 @@ class GeneratorUnavailable(InputError):
 class _Entry:
     session: LiveSession
     ingest: Peer | None = None
+    second_ingest: Peer | None = None  # speaker 2's speech (POST /whip/ID?speaker=2)
     viewers: dict[str, Peer] = dataclasses.field(default_factory=dict)
     watcher: asyncio.Task | None = None
     own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
@@ -325,9 +326,12 @@ class SessionManager:
         return await asyncio.get_running_loop().run_in_executor(
             None, self.sources.open, path, self.config.size, self.settings.keyframe_interval)
 
-    async def attach_ingest(self, session_id: str, offer: Offer) -> str:
-        """Answer a WHIP offer for an existing session (one ingest per session)."""
+    async def attach_ingest(self, session_id: str, offer: Offer, speaker: int = 1) -> str:
+        """Answer a WHIP offer for an existing session (one ingest per speaker: speaker 1's, which the
+        session lives by, and optionally speaker 2's)."""
         entry = self._entry(session_id)
+        if speaker == 2:
+            return await self._attach_second_speaker(entry, offer)
         if entry.ingest is not None:
             raise LimitReached(f"session {session_id} already has its ingest")
         session = entry.session
@@ -338,6 +342,33 @@ class SessionManager:
             raise LimitReached(f"session {session_id} already has its ingest")
         entry.ingest = peer
         return answer
+
+    async def _attach_second_speaker(self, entry: _Entry, offer: Offer) -> str:
+        session = entry.session
+        taken = f"session {session.id} already has speaker 2's ingest"
+        if entry.second_ingest is not None:
+            raise LimitReached(taken)
+        ingest = session.speakers.ingest(2)
+        try:
+            # Speaker 2 leaving is silence from then on; the session lives by speaker 1's ingest.
+            peer, answer = await open_ingest(session, offer, self.config.ice_servers, ingest.end,
+                                             self.config.connect_timeout, speaker=2)
+        except BaseException:
+            session.speakers.forget_unused_second()  # a failed offer leaves the session with one speaker
+            raise
+        if entry.second_ingest is not None or session.state == "ended":
+            await peer.close()
+            raise LimitReached(taken)
+        entry.second_ingest = peer
+        return answer
+
+    async def detach_second_speaker(self, session_id: str) -> None:
+        entry = self._entry(session_id)
+        peer, entry.second_ingest = entry.second_ingest, None
+        if peer is None:
+            raise UnknownSession(f"session {session_id} has no speaker 2 ingest")
+        entry.session.speakers.ingest(2).end()
+        await peer.close()
 
     async def add_viewer(self, session_id: str, offer: Offer) -> tuple[str, str]:
         entry = self._entry(session_id)
@@ -382,7 +413,7 @@ class SessionManager:
     async def _reap(self, entry: _Entry) -> None:
         """When the session ends (for whatever reason), close its peers and forget it."""
         await entry.session.finished.wait()
-        peers = ([entry.ingest] if entry.ingest else []) + list(entry.viewers.values())
+        peers = [p for p in (entry.ingest, entry.second_ingest) if p] + list(entry.viewers.values())
         await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
                              return_exceptions=True)
         if entry.egress is not None:

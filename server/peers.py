@@ -113,16 +113,20 @@ class Peer:
 
 
 async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[IceServer, ...],
-                      on_gone: Callable[[], None], connect_timeout: float) -> tuple[Peer, str]:
-    """Answer a WHIP offer: its audio feeds ``session``'s ingest, its video (if the session has a live
-    source) the live source. ``on_gone`` runs once when the connection fails or closes."""
+                      on_gone: Callable[[], None], connect_timeout: float, speaker: int = 1) -> tuple[Peer, str]:
+    """Answer a WHIP offer: its audio feeds speaker ``speaker``'s ingest of ``session``, its video (if the
+    session has a live source; speaker 1 only) the live source. ``on_gone`` runs once when the connection
+    fails or closes."""
     peer = Peer(ice_servers, on_gone, connect_timeout)
+    ingest = session.speakers.ingest(speaker)
 
     @peer.pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            peer.read(track, session.receive_audio, session.end_ingest)  # the speech has ended: play it out
-        elif session.takes_video:
+            # Speaker 1's speech ending ends the session's input (played out); speaker 2's is silence after.
+            peer.read(track, lambda frame: session.receive_audio(frame, speaker),
+                      session.end_ingest if speaker == 1 else ingest.end)
+        elif session.takes_video and speaker == 1:
             peer.read(track, session.receive_video)
         else:
             peer.read(track, None)

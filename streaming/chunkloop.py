@@ -29,9 +29,9 @@ from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.clock import Clock, sleep_unless
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
-from streaming.ingest import LiveAudioIngest
 from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.scheduler import Scheduler
+from streaming.speakers import LiveSpeakers
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.warmup import WarmUp, warm_up, warm_up_request
 from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
@@ -74,7 +74,7 @@ class _Swap:
 
 class ChunkLoop:
     def __init__(self, session_id: str, source, pool: GeneratorPool, fallback_pool: GeneratorPool | None,
-                 speech: LiveAudioIngest, schedule: SessionClock, timeline: OutputTimeline, settings,
+                 speakers: LiveSpeakers, schedule: SessionClock, timeline: OutputTimeline, settings,
                  plan: ChunkPlan, clock: Clock, emit: Callable[[SessionEvent], None],
                  executor: concurrent.futures.Executor, stop: asyncio.Event, on_idle: Callable[[], None],
                  warm: bool = False) -> None:
@@ -84,7 +84,8 @@ class ChunkLoop:
         # Requests carry the audio both generators need.
         self.profile = pool.profile if fallback_pool is None else dataclasses.replace(
             pool.profile, audio_margins=widest_margins(pool.profile, fallback_pool.profile))
-        self.ingest = speech
+        self.speakers = speakers  # speaker 1's ingest, and speaker 2's once it arrives
+        self.ingest = speakers.first
         self.clock = schedule
         self.timeline = timeline
         self.settings = settings
@@ -110,6 +111,11 @@ class ChunkLoop:
         self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
         self._warm = warm  # run a warm-up chunk on the source before the first real one
         self.warm_up: WarmUp | None = None
+
+    @property
+    def next_chunk(self) -> int:
+        """The chunk a change made now (a swap, a speaker's face) shows from."""
+        return self._next_chunk
 
     def source_size(self) -> tuple[int, int]:
         return self.live.size if self.live is not None else self.engine.source.size
@@ -180,13 +186,17 @@ class ChunkLoop:
         deadline = slot_due - self.settings.playout_margin
         first, last, _ = self.plan.audio_span(chunk, self.profile.audio_margins)
         audio = _Window(first, self.ingest.model.read(first, last))
+        second = self.speakers.second_samples(first, last)
+        second = None if second is None else _Window(first, second)
         swap, self._swap = self._swap, None
         self._next_chunk = index + 1
         live_window = self._live_window(chunk) if self.live is not None and swap is None else None
-        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window)
+        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window, second)
         self.timeline.offer(index, fallback, "fallback")
         decision = self.scheduler.choose(deadline - self._now())
-        report = ChunkSlot(index, round(slot_due - self.clock.origin, 3), speech)
+        # Two speakers: each one's voice activity too.
+        report = ChunkSlot(index, round(slot_due - self.clock.origin, 3), speech[0],
+                           tuple(speech) if len(speech) > 1 else None)
         if decision.skipped:
             self.tier_counts["skip"] += 1
             self._emit(Degraded(report, "skip", round(decision.time_left, 3),
@@ -238,7 +248,7 @@ class ChunkLoop:
             source.frame(end_frame - 1)
 
     def _build(self, index: int, audio: "_Window", swap: _Swap | None,
-               live_window) -> tuple[ChunkRequest, np.ndarray, float]:
+               live_window, second: "_Window | None" = None) -> tuple[ChunkRequest, np.ndarray, list[float]]:
         chunk = self.plan.chunk(index)
         if self.engine.source is not None:
             self.engine.release(index)  # frames before this chunk's window are no longer needed
@@ -248,11 +258,13 @@ class ChunkLoop:
                 self.engine.set_context(self.engine.source.frames(chunk.start_frame, self.plan.context))
         elif live_window is not None:
             self.engine.source = live_window
-        request = self.engine.request(index, audio, self.end_frame)
+        self.engine.speaker_faces = self.speakers.faces
+        request = self.engine.request(index, audio, self.end_frame, second_audio=second)
         fallback = unchanged_frames(request)
         if swap is not None and swap.mode == "blend" and request.context_frames is not None:
             fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
-        return request, fallback, round(self.engine.speech_fraction(request), 3)
+        return request, fallback, [round(self.engine.speech_fraction(request, speaker), 3)
+                                   for speaker in range(1, request.speakers + 1)]
 
     def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
         frames = self.engine.accept(request, result)

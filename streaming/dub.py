@@ -16,7 +16,8 @@ import numpy as np
 
 from model.base import AUDIO_RATE, FPS, Generator
 from model.registry import build_generator
-from streaming.audio import integrated_loudness, is_silent_loudness, load_audio, loudness_gain
+from model.speakers import MAX_FACES, SpeakerError, SpeakerFaces
+from streaming.audio import VoiceActivity, integrated_loudness, is_silent_loudness, load_audio, loudness_gain
 from streaming.chunker import ChunkPlan, frames_for_samples
 from streaming.engine import AudioTrack, ChunkEngine, ChunkReport
 from streaming.errors import InputError
@@ -33,6 +34,8 @@ class DubSettings:
     source_end: str = "hold"
     seed: int = 42
     generator_options: dict = dataclasses.field(default_factory=dict)
+    # Two speakers (a second speech file): which face each animates; None is speaker 1 = leftmost face.
+    speaker_faces: SpeakerFaces | None = None
 
 
 @dataclasses.dataclass
@@ -54,33 +57,46 @@ class DubReport:
 
 
 def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettings = DubSettings(),
-        progress: Callable[[int, int], None] | None = None, generator: Generator | None = None) -> DubReport:
-    """Dub ``source_path`` (video or image) with the speech in ``audio_path``; write ``output_path``."""
+        progress: Callable[[int, int], None] | None = None, generator: Generator | None = None,
+        second_audio_path: str | None = None) -> DubReport:
+    """Dub ``source_path`` (video or image) with the speech in ``audio_path``; write ``output_path``.
+
+    With ``second_audio_path`` two people speak: speaker 1's face follows ``audio_path`` only, speaker 2's
+    face the second file only (faces chosen by ``settings.speaker_faces``), and the output's sound mixes both.
+    """
     output_path = check_output_path(output_path)
     if not 0.0 <= (settings.color_correction if settings.color_correction is not None else 0.0) <= 1.0:
         raise InputError(f"bad colour-correction strength {settings.color_correction}: accepted is 0..1")
-    speech = load_audio(audio_path)
-    total_frames = frames_for_samples(speech.size)
-    if total_frames == 0:
-        raise InputError(f"audio in {audio_path} is shorter than one frame (0.04 s); give longer speech")
-    loudness = integrated_loudness(speech)
-    if is_silent_loudness(loudness):
-        raise InputError(f"audio in {audio_path} is silent (below -70 LUFS); give a speech track")
-    speech *= np.float32(loudness_gain(loudness))  # in place: the official loudness_norm to -23 LUFS
+    if second_audio_path is None and settings.speaker_faces is not None:
+        raise InputError("speaker faces were given for one speech file: they need a second speech file (AUDIO2)")
+    speech = load_speech(audio_path)
+    second = None if second_audio_path is None else load_speech(second_audio_path, second=True)
+    total_frames = frames_for_samples(max(speech.size, 0 if second is None else second.size))
     source = VideoSource(source_path, settings.size, settings.source_end, settings.keyframe_interval)
+    if second is not None:
+        faces = settings.speaker_faces or SpeakerFaces()
+        try:
+            check_speaker_faces(source.frame(0), faces)
+        except SpeakerError as exc:
+            raise InputError(str(exc)) from None
     owned = generator is None
     generator = generator or build_generator(settings.generator, **settings.generator_options)
     plan = ChunkPlan()
     engine = ChunkEngine(source, generator, plan, settings.keyframe_interval, settings.color_correction,
                          settings.seed)
     track = AudioTrack(speech)
+    second_track = None
+    if second is not None:
+        engine.speaker_faces = faces
+        second_track = AudioTrack(second)
+    heard = speech if second is None else mix_speech(speech, second)
     reports: list[ChunkReport] = []
     started = time.perf_counter()
     written = 0
     try:
-        with Mp4Writer(output_path, source.size, audio=speech[: total_frames * AUDIO_RATE // FPS]) as writer:
+        with Mp4Writer(output_path, source.size, audio=heard[: total_frames * AUDIO_RATE // FPS]) as writer:
             for chunk in plan.chunks(total_frames):
-                request = engine.request(chunk.index, track, audio_end_frame=total_frames)
+                request = engine.request(chunk.index, track, audio_end_frame=total_frames, second_audio=second_track)
                 result = generator.generate(request)
                 frames = engine.accept(request, result)
                 keep = plan.output_range(chunk.index, total_frames)
@@ -94,6 +110,46 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
         if owned:
             generator.close()
     return DubReport(output_path, written, source.size, time.perf_counter() - started, reports)
+
+
+MIN_SPEECH_FRACTION = 0.02  # a second speaker's file with less of its 30 ms frames heard as speech has none
+
+
+def load_speech(path: str, second: bool = False) -> np.ndarray:
+    """A speech file as 16 kHz mono, loudness-normalised (the official ``loudness_norm`` to -23 LUFS)."""
+    speech = load_audio(path)
+    if frames_for_samples(speech.size) == 0:
+        raise InputError(f"audio in {path} is shorter than one frame (0.04 s); give longer speech")
+    loudness = integrated_loudness(speech)
+    if is_silent_loudness(loudness):
+        raise InputError(f"audio in {path} is silent (below -70 LUFS); give a speech track")
+    # A second speaker's file that is sound but no speech (music, a tone) would leave a face still
+    # without the user knowing why: say so.
+    if second and VoiceActivity().speech_fraction(speech) < MIN_SPEECH_FRACTION:
+        raise InputError(f"no speech heard in {path} (webrtcvad finds none); give the second speaker's speech")
+    speech *= np.float32(loudness_gain(loudness))  # in place
+    return speech
+
+
+def mix_speech(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Both speakers in one track (the longer one's length), scaled down as a whole when the sum would clip."""
+    mixed = np.zeros(max(first.size, second.size), np.float32)
+    mixed[: first.size] += first
+    mixed[: second.size] += second
+    peak = float(np.abs(mixed).max()) if mixed.size else 0.0
+    return mixed * np.float32(0.99 / peak) if peak > 0.99 else mixed
+
+
+def check_speaker_faces(reference: np.ndarray, faces: SpeakerFaces) -> None:
+    """The two speakers' faces in the reference, or SpeakerError (too few faces, a bad pick) before any work."""
+    from model.lite.face import FaceLandmarks  # mediapipe: only when two people speak
+
+    finder = FaceLandmarks(max_faces=MAX_FACES)
+    try:
+        found = finder.detect_all(np.ascontiguousarray(reference))
+    finally:
+        finder.close()
+    faces.pick(found, reference.shape[1])
 
 
 class ProgressBar:

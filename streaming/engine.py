@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from model.base import ChunkRequest, ChunkResult, Generator, Tier
+from model.speakers import SpeakerFaces
 from streaming.audio import VoiceActivity
 from streaming.chunker import Chunk, ChunkPlan, nearest_keyframe
 from streaming.color import match_colors_uint8
@@ -48,6 +49,7 @@ class ChunkReport:
     speech_fraction: float
     seconds: float
     info: dict
+    second_speech_fraction: float | None = None  # two speakers: speaker 2's share (speaker 1's is above)
 
 
 class ChunkEngine:
@@ -63,12 +65,15 @@ class ChunkEngine:
         self.seed = seed
         self._context: np.ndarray | None = None
         self._vad = VoiceActivity()
+        # Which face each speaker animates, used by requests that carry a second speech track.
+        self.speaker_faces = SpeakerFaces()
 
     def reference_index(self, chunk: Chunk) -> int:
         return nearest_keyframe(chunk.start_frame, self.keyframe_interval)
 
     def request(self, index: int, audio: AudioBuffer, audio_end_frame: int | None = None,
-                tier: Tier = Tier()) -> ChunkRequest:
+                tier: Tier = Tier(), second_audio: AudioBuffer | None = None) -> ChunkRequest:
+        """Chunk ``index``'s request; with ``second_audio``, a two-speaker request (speaker 2's speech)."""
         chunk = self.plan.chunk(index)
         first, last, offset = self.plan.audio_span(chunk, self.generator.audio_margins)
         reference_index = self.reference_index(chunk)
@@ -82,7 +87,9 @@ class ChunkEngine:
             audio=audio.read(first, last), audio_offset=offset,
             reference_frame=reference, reference_index=reference_index,
             context_frames=context, source_frames=window, audio_end_frame=audio_end_frame,
-            tier=tier, seed=self.seed + index, color_strength=self.color_strength)
+            tier=tier, seed=self.seed + index, color_strength=self.color_strength,
+            second_audio=None if second_audio is None else second_audio.read(first, last),
+            speaker_faces=None if second_audio is None else self.speaker_faces)
 
     def accept(self, request: ChunkRequest, result: ChunkResult) -> np.ndarray:
         """The chunk's new output frames (colour-corrected); keeps the last frames as the next context."""
@@ -110,11 +117,12 @@ class ChunkEngine:
         """Free source frames no later chunk needs."""
         self.source.release_before(self.plan.chunk(next_index).start_frame)
 
-    def speech_fraction(self, request: ChunkRequest) -> float:
-        """Share of the window's 30 ms frames that webrtcvad hears as speech."""
-        return self._vad.speech_fraction(request.window_audio())
+    def speech_fraction(self, request: ChunkRequest, speaker: int = 1) -> float:
+        """Share of the window's 30 ms frames that webrtcvad hears as speech (of speaker 1 or 2)."""
+        return self._vad.speech_fraction(request.window_audio(speaker))
 
     def report(self, request: ChunkRequest, result: ChunkResult) -> ChunkReport:
+        second = None if request.second_audio is None else self.speech_fraction(request, 2)
         return ChunkReport(index=request.index, start_frame=request.start_frame, new_frames=request.num_new,
                            reference_index=request.reference_index, speech_fraction=self.speech_fraction(request),
-                           seconds=result.seconds, info=dict(result.info))
+                           seconds=result.seconds, info=dict(result.info), second_speech_fraction=second)

@@ -17,7 +17,8 @@ from typing import ClassVar, Union
 class ChunkSlot:
     chunk: int
     slot_at: float
-    speech_fraction: float
+    speech_fraction: float  # speaker 1's
+    speech_fractions: tuple[float, ...] | None = None  # with two speakers: each one's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ def message(event: SessionEvent, session_id: str) -> dict:
     for field in dataclasses.fields(event):
         value = getattr(event, field.name)
         if isinstance(value, ChunkSlot):
-            fields.update(dataclasses.asdict(value))
+            fields.update({k: v for k, v in dataclasses.asdict(value).items() if v is not None})
         elif value is not None:
             fields[field.name] = value
     return {"type": "event", "event": event.name, "session": session_id, **fields}

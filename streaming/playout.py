@@ -2,7 +2,8 @@
 
 A track needs four things and nothing else of its session: the clock (``now``, ``sleep`` and the
 session's schedule: when frame ``n`` and speech block ``j`` are due, their timestamps), the frame due
-(``frame(n)``, from the output timeline), the speech due (``speech(j)``, from the ingest's playout ring),
+(``frame(n)``, from the output timeline), the speech due (``speech(j)``: what viewers hear, from the
+speakers' playout rings),
 and whether output has ended (``ended(seconds)``). The session keeps this object current (``end_at``,
 ``close``); the tracks never see the session, its engine or its scheduler.
 """
@@ -10,12 +11,12 @@ and whether output has ended (``ended(seconds)``). The session keeps this object
 from __future__ import annotations
 
 import collections
+from typing import Callable
 
 import numpy as np
 
 from model.base import FPS
 from streaming.clock import Clock
-from streaming.ingest import SampleRing
 from streaming.timeline import AUDIO_BLOCK, OutputTimeline, SessionClock
 
 
@@ -49,7 +50,8 @@ class ViewerStats:
 
 
 class Playout:
-    def __init__(self, clock: Clock, schedule: SessionClock, timeline: OutputTimeline, speech: SampleRing) -> None:
+    def __init__(self, clock: Clock, schedule: SessionClock, timeline: OutputTimeline,
+                 speech: Callable[[int, int], np.ndarray]) -> None:
         self.clock = clock
         self.schedule = schedule
         self._timeline = timeline
@@ -79,7 +81,7 @@ class Playout:
         """48 kHz speech block ``j`` (20 ms), silence before the delay has passed."""
         if j < 0:
             return np.zeros(AUDIO_BLOCK, np.float32)
-        return self._speech.read(j * AUDIO_BLOCK, (j + 1) * AUDIO_BLOCK)
+        return self._speech(j * AUDIO_BLOCK, (j + 1) * AUDIO_BLOCK)
 
     def ended(self, seconds: float) -> bool:
         """Whether output at ``seconds`` of output time is past the end (or the session is over)."""

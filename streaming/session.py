@@ -33,6 +33,7 @@ from streaming.ingest import LiveAudioIngest
 from streaming.livesource import LiveVideoSource
 from streaming.playout import Playout, ViewerStats
 from streaming.scheduler import DEFAULT_TIERS, SAFETY
+from streaming.speakers import LiveSpeakers
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.workers import GeneratorPool
 
@@ -103,15 +104,16 @@ class LiveSession:
         self._now = clock.now
         self.clock = SessionClock(clock.now(), settings.delay, settings.lead)
         self.ingest = LiveAudioIngest(settings.buffer_seconds)
+        self.speakers = LiveSpeakers(self.ingest, settings.buffer_seconds)  # speaker 2: a second WHIP ingest
         # The session's blocking steps (decoding, building requests) run one at a time off the loop
         # (inline on a virtual clock, in tests).
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")
         self._stop = asyncio.Event()
         self.timeline = OutputTimeline(plan, np.zeros((1, 1, 3), np.uint8))
-        self.loop = ChunkLoop(session_id, source, pool, fallback_pool, self.ingest, self.clock, self.timeline,
+        self.loop = ChunkLoop(session_id, source, pool, fallback_pool, self.speakers, self.clock, self.timeline,
                               settings, plan, clock, emit, self._executor, self._stop, self._idle, warm)
         self.timeline.idle = np.zeros((*self.loop.source_size(), 3), np.uint8)
-        self.playout = Playout(clock, self.clock, self.timeline, self.ingest.playout)
+        self.playout = Playout(clock, self.clock, self.timeline, self.speakers.playout)  # both speakers heard
         # What callers read of the chunk loop.
         self.pool, self.fallback_pool, self.profile = pool, fallback_pool, self.loop.profile
         self.scheduler, self.counts = self.loop.scheduler, self.loop.counts
@@ -171,6 +173,12 @@ class LiveSession:
         self.source_name = name
         return where
 
+    def assign_speaker(self, speaker: int, face) -> dict:
+        """Speaker ``speaker`` (1 or 2) animates ``face`` (rank from the left, or position 0..1) from the
+        next chunk on; returns the faces of both speakers and the chunk where it shows."""
+        faces = self.speakers.assign(speaker, face)
+        return {"faces": list(faces.picks), "chunk": self.loop.next_chunk}
+
     def end_ingest(self) -> None:
         """The speech has ended: play out what was captured, then end."""
         if self.ingest.ended:
@@ -199,8 +207,8 @@ class LiveSession:
         self.finished.set()
 
     # ---- ingest (called by the WHIP peer) ------------------------------------------------------------------
-    def receive_audio(self, frame) -> None:
-        self.ingest.push(frame, self.session_time())
+    def receive_audio(self, frame, speaker: int = 1) -> None:
+        self.speakers.ingest(speaker).push(frame, self.session_time())
 
     def receive_video(self, frame) -> None:
         if self.live is not None:  # a library source swapped in replaces the live video for good
@@ -241,5 +249,6 @@ class LiveSession:
                                                           "warm": round(self.warm_up.warm, 4)},
             "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,
                        "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
-                       "video_frames": self.live.frames_received if self.live is not None else 0},
+                       "video_frames": self.live.frames_received if self.live is not None else 0,
+                       **({"speaker2": self.speakers.stats()} if self.speakers.second is not None else {})},
         }

@@ -68,3 +68,8 @@ def grace_hopper(size: int | tuple[int, int] = 480) -> np.ndarray:
     shape = (size, size) if isinstance(size, int) else tuple(size)
     with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
         return resize_and_centercrop(np.asarray(image.convert("RGB")), shape)
+
+
+def two_people(height: int = 448) -> np.ndarray:
+    """Two real faces side by side, ``height`` x 2*``height``: the astronaut (left) and Grace Hopper (right)."""
+    return np.concatenate([astronaut(height), grace_hopper(height)], axis=1)

@@ -31,7 +31,7 @@ def _playout():
     timeline.offer(0, np.broadcast_to(levels, (30, *SIZE, 3)).copy(), "generated")
     ring = SampleRing(PLAYOUT_RATE, 5.0)
     ring.write(0, (0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * PLAYOUT_RATE) / PLAYOUT_RATE)).astype(np.float32))
-    return clock, schedule, Playout(clock, schedule, timeline, ring)
+    return clock, schedule, Playout(clock, schedule, timeline, ring.read)
 
 
 async def _started():

@@ -8,6 +8,10 @@ official loop, all deliberate: each chunk's noise comes from its own seed (``req
 one stream for the whole video, so a live chunk can be redone or skipped; the context frames arrive as
 uint8 (the engine's output), not floats; colour correction targets each chunk's reference (the engine's
 choice), not source frame 0; wav2vec2 sees a window, not the whole file.
+
+Two speakers (a request with ``second_audio``, the multi weights): one audio window per speaker, and the
+person masks built from the faces detected in the reference (model/lite/face.py), where the official code
+takes the boxes from the user.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from model.infinitetalk.components import Components, load_components
 from model.infinitetalk.layout import WeightsLayout
 from model.infinitetalk.live_tiers import declare_ladder
 from model.infinitetalk.lora import DEFAULT_SCALE, merge_lora
+from model.infinitetalk.person_masks import boxes_from_faces, latent_person_masks
 from model.infinitetalk.pipeline import ChunkConditions, ChunkPipeline, SamplingSettings
 from model.infinitetalk.sampler import Guidance
 from model.infinitetalk.text import DEFAULT_PROMPT, NEGATIVE_PROMPT
 from model.errors import InputError
+from model.speakers import MAX_FACES, SpeakerError, SpeakerFaces
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LARGE_AREA = 600_000  # pixels: above it the official 720 setting (shift 11), else the 480 one (shift 7)
@@ -73,6 +79,8 @@ class InfiniteTalkGenerator:
         self.pipeline = ChunkPipeline(components.transformer, components.vae, components.clip, device)
         self.audio_margins = AudioMargins(_whole_frames(options.audio_context), _whole_frames(options.audio_lookahead))
         self.default_color_correction = options.color_correction
+        self._faces = None  # a multi-face finder, made on the first two-speaker request
+        self._masks: tuple | None = None  # (reference, picks, size) and its person masks
         self.prompt = components.prompts(options.prompt)
         self.negative = components.prompts(options.negative_prompt)
         # The live tier ladder, with the capacity planner's cost of each tier on this GPU as the scheduler's prior.
@@ -91,10 +99,36 @@ class InfiniteTalkGenerator:
                                 teacache_resolution=720 if area > LARGE_AREA else 480)
 
     def audio_window(self, request: ChunkRequest) -> torch.Tensor:
-        """``[1, F, 5, layers, C]`` wav2vec2 windows for the request's frames."""
+        """``[persons, F, 5, layers, C]`` wav2vec2 windows for the request's frames, one per speaker."""
         sample_offset = request.start_frame * SAMPLES_PER_FRAME - request.audio_offset
-        return chunk_features(self.components.audio, request.audio, sample_offset, request.start_frame,
-                              request.num_frames, request.audio_end_frame)[None]
+        tracks = [request.audio] if request.second_audio is None else [request.audio, request.second_audio]
+        return torch.stack([chunk_features(self.components.audio, track, sample_offset, request.start_frame,
+                                           request.num_frames, request.audio_end_frame) for track in tracks])
+
+    def person_masks(self, request: ChunkRequest, size: tuple[int, int]) -> torch.Tensor | None:
+        """Latent-resolution person masks for a two-speaker request (None for one speaker), from the faces
+        in the reference; the last reference's masks are reused."""
+        if request.second_audio is None:
+            return None
+        if self.options.speakers != "multi":
+            raise InputError("two speakers need the multi weights: add --generator-option speakers=multi")
+        picks = request.speaker_faces or SpeakerFaces()
+        key = (request.reference_frame.tobytes(), picks, size)
+        if self._masks is None or self._masks[0] != key:
+            if self._faces is None:
+                from model.lite.face import FaceLandmarks
+
+                self._faces = FaceLandmarks(max_faces=MAX_FACES)
+            found = self._faces.detect_all(np.ascontiguousarray(request.reference_frame))
+            try:
+                pair = picks.pick(found, request.size[1])
+            except SpeakerError as exc:
+                raise InputError(str(exc)) from None
+            height, width = request.size
+            masks = latent_person_masks(height, width, size, (size[0] // 8, size[1] // 8), 2,
+                                        boxes_from_faces(list(pair), height, width))
+            self._masks = (key, masks)
+        return self._masks[1]
 
     @torch.no_grad()
     def generate(self, request: ChunkRequest) -> ChunkResult:
@@ -115,7 +149,8 @@ class InfiniteTalkGenerator:
         conditions = ChunkConditions(
             reference=reference, audio=self.audio_window(request), prompt=self.prompt,
             negative_prompt=self.negative, motion_frames=motion, color_reference=reference[0, :, 0].permute(1, 2, 0),
-            color_strength=request.color_strength, source_frames=source)
+            color_strength=request.color_strength, source_frames=source,
+            reference_masks=self.person_masks(request, size))
         settings = self.settings(request)
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
         video = self.pipeline.generate(conditions, settings, generator)[request.num_context:]
@@ -136,6 +171,8 @@ class InfiniteTalkGenerator:
         return video.permute(1, 0, 2, 3)[None]
 
     def close(self) -> None:
+        if self._faces is not None:
+            self._faces.close()
         self.pipeline = None
         self.components = None
         if self.device.type == "cuda":

@@ -6,6 +6,10 @@ painted in (model/lite/mouth.py). A still source animates the reference frame (i
 once and cached); a video source animates each source frame, so its head and camera motion are kept.
 Frames without a face pass unchanged, and the result says so.
 
+Two speakers (a request with ``second_audio``): each speaker's mouth track comes from their own speech
+and animates the face ``request.speaker_faces`` picks for them (model/speakers.py), one after the other
+on the same frame; a frame where the two faces are not both found passes unchanged.
+
 Chunk borders: the mouth parameters are a function of absolute time and the frame animated is the same,
 so consecutive chunks agree on the frames they share; when the previous chunk came from elsewhere (a
 fallback, another generator) the difference to its last frame is faded out over the first new frames.
@@ -21,9 +25,10 @@ import time
 
 import numpy as np
 
-from model.base import ChunkRequest, ChunkResult
+from model.base import SAMPLES_PER_FRAME, ChunkRequest, ChunkResult
 from model.lite import mouth, speech
 from model.lite.face import FaceLandmarks
+from model.speakers import MAX_FACES, SpeakerError, SpeakerFaces
 
 FADE_FRAMES = 4  # frames over which a jump to the previous chunk's last frame is faded out
 
@@ -39,6 +44,8 @@ class LiteGenerator:
         self._lock = threading.Lock()
         self._still: np.ndarray | None = None  # the last still reference and its geometry
         self._still_geometry: mouth.MouthGeometry | None = None
+        self._all_faces: FaceLandmarks | None = None  # made on the first two-speaker request
+        self._still_pair: tuple | None = None  # a still, the picks and the two faces' geometry
 
     def generate(self, request: ChunkRequest) -> ChunkResult:
         with self._lock:
@@ -46,27 +53,55 @@ class LiteGenerator:
 
     def _generate(self, request: ChunkRequest) -> ChunkResult:
         started = time.perf_counter()
-        track = speech.mouth_track(request)
+        tracks = [speech.mouth_track(request)]  # one per speaker
+        if request.second_audio is not None:
+            window_start = request.start_frame * SAMPLES_PER_FRAME
+            tracks.append(speech.mouth_track_for(request.second_audio, window_start - request.audio_offset,
+                                                 window_start, request.num_frames))
         first_new = request.num_context
         # With context, also remake the last context frame to see whether it joins our frames.
         first = first_new - 1 if first_new > 0 else 0
         frames: list[np.ndarray] = []
         found: list[bool] = []
         for index in range(first, request.num_frames):
-            image, geometry = self._frame_geometry(request, index)
-            found.append(geometry is not None)
-            if geometry is None:
-                frames.append(image)
-            else:
-                frames.append(mouth.render(image, geometry, float(track.opening[index]), float(track.width[index])))
+            image, geometries = self._geometries(request, index)
+            found.append(geometries is not None)
+            for geometry, track in zip(geometries or (), tracks):
+                image = mouth.render(image, geometry, float(track.opening[index]), float(track.width[index]))
+            frames.append(image)
         if first < first_new:
             frames = self._join(request.context_frames[-1], frames[0], frames[1:])
             found = found[1:]
-        new_opening = track.opening[first_new:]
         info = {"face_found": bool(any(found)), "face_frames": int(sum(found)), "frames": len(found),
-                "mean_opening": round(float(new_opening.mean()), 3) if new_opening.size else 0.0,
                 "animated": bool(any(found))}
+        openings = [track.opening[first_new:] for track in tracks]
+        means = [round(float(o.mean()), 3) if o.size else 0.0 for o in openings]
+        if len(tracks) == 1:
+            info["mean_opening"] = means[0]
+        else:
+            info.update(speakers=2, mean_opening_1=means[0], mean_opening_2=means[1])
         return ChunkResult(np.stack(frames), time.perf_counter() - started, info)
+
+    def _geometries(self, request: ChunkRequest, index: int) -> tuple[np.ndarray, tuple | None]:
+        """The frame to animate and each speaker's mouth geometry on it (None: not every face found)."""
+        if request.second_audio is not None:
+            return self._pair_geometry(request, index, request.speaker_faces or SpeakerFaces())
+        image, geometry = self._frame_geometry(request, index)
+        return image, None if geometry is None else (geometry,)
+
+    def _pair_geometry(self, request: ChunkRequest, index: int, picks: SpeakerFaces):
+        """The frame and (speaker 1's, speaker 2's) mouth geometry; None when two faces are not found."""
+        if self._all_faces is None:
+            self._all_faces = FaceLandmarks(max_faces=MAX_FACES)
+        if request.source_frames is None:
+            image = request.reference_frame
+            cached = self._still_pair
+            if cached is None or cached[1] != picks or cached[0].shape != image.shape or not np.array_equal(
+                    cached[0], image):
+                self._still_pair = (image.copy(), picks, _measure_pair(image, self._all_faces.detect_all(image), picks))
+            return image, self._still_pair[2]
+        image = request.source_frames[index]
+        return image, _measure_pair(image, self._all_faces.detect_all(image), picks)
 
     def _frame_geometry(self, request: ChunkRequest, index: int) -> tuple[np.ndarray, mouth.MouthGeometry | None]:
         if request.source_frames is None:
@@ -96,6 +131,19 @@ class LiteGenerator:
 
     def close(self) -> None:
         self._faces.close()
+        if self._all_faces is not None:
+            self._all_faces.close()
+
+
+def _measure_pair(image: np.ndarray, faces: list[np.ndarray], picks: SpeakerFaces) -> tuple | None:
+    """(speaker 1's, speaker 2's) mouth geometry, or None when the picks do not find two faces (or a
+    mouth is too small to animate)."""
+    try:
+        pair = picks.pick(faces, image.shape[1], "the frame")
+    except SpeakerError:
+        return None
+    geometries = tuple(mouth.measure(image, landmarks) for landmarks in pair)
+    return None if None in geometries else geometries
 
 
 def build(device: str | None = None, **options) -> LiteGenerator:

@@ -27,6 +27,7 @@ INNER_LIP_MIDDLE = (13, 14)  # upper, lower
 OUTER_LIP_MIDDLE = (0, 17)
 BELOW_MOUTH_SKIN = [18, 200, 199, 175, 32, 262]  # chin and beside it
 SUBNASALE = 2
+CROP_SIDE = 2.2  # several faces: each is measured on a square this many face-box sides wide
 CHIN = 152
 
 NOISE = ("TensorFlow Lite XNNPACK delegate", "absl::InitializeLog", "inference_feedback_manager",
@@ -57,9 +58,9 @@ def quiet_native_stderr():
 class FaceLandmarks:
     """478 face landmarks in pixels (x, y), or None when there is no face."""
 
-    def __init__(self, min_confidence: float = 0.5) -> None:
+    def __init__(self, min_confidence: float = 0.5, max_faces: int = 1) -> None:
         with quiet_native_stderr():
-            from mediapipe.python.solutions import face_mesh
+            from mediapipe.python.solutions import face_detection, face_mesh
 
             options = dict(max_num_faces=1, refine_landmarks=True, min_detection_confidence=min_confidence,
                            min_tracking_confidence=min_confidence)
@@ -70,6 +71,14 @@ class FaceLandmarks:
             self._still.process(warm)
             self._video.process(warm)
             self._video.process(np.zeros((64, 64, 3), np.uint8))  # forget the warm-up face
+            # Several faces (two speakers): the face mesh's own detector is short-range and, on a wide
+            # picture of two people, finds one; the full-range detector finds each face, which the mesh
+            # then measures on a crop around it.
+            self.max_faces = max_faces
+            self._finder = None
+            if max_faces > 1:
+                self._finder = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+                self._finder.process(warm)
 
     def detect(self, image: np.ndarray) -> np.ndarray | None:
         """Landmarks of a still image (full detection, no tracking)."""
@@ -79,7 +88,29 @@ class FaceLandmarks:
         """Landmarks of the next video frame (tracks the face from the previous call)."""
         return _points(self._video.process(image), image.shape)
 
+    def detect_all(self, image: np.ndarray) -> list[np.ndarray]:
+        """Landmarks of every face (up to ``max_faces``; each measured on its own), left to right."""
+        if self._finder is None:
+            raise RuntimeError("detect_all needs FaceLandmarks(max_faces=2 or more)")
+        height, width = image.shape[:2]
+        faces = []
+        for detection in self._finder.process(image).detections or []:
+            box = detection.location_data.relative_bounding_box
+            centre_x, centre_y = (box.xmin + box.width / 2) * width, (box.ymin + box.height / 2) * height
+            half = CROP_SIDE / 2 * max(box.width * width, box.height * height)
+            left, top = max(int(centre_x - half), 0), max(int(centre_y - half), 0)
+            right, bottom = min(int(centre_x + half), width), min(int(centre_y + half), height)
+            if right - left < 16 or bottom - top < 16:
+                continue
+            points = self.detect(np.ascontiguousarray(image[top:bottom, left:right]))
+            if points is not None:
+                faces.append(points + np.array([left, top], np.float32))
+        faces.sort(key=lambda points: float(points[:, 0].mean()))
+        return faces[: self.max_faces]
+
     def close(self) -> None:
+        if self._finder is not None:
+            self._finder.close()
         self._still.close()
         self._video.close()
 

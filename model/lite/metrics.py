@@ -1,5 +1,6 @@
 """Measuring a re-animated mouth: lip gap per frame against the speech loudness, and how much of the
-frame outside the lower face changed. Used by the tests and bench/bench_lite.py."""
+frame outside the lower face changed; with two speakers, each face's lip gap against each speaker's
+loudness (its own speech, and the other's: the cross-talk). Used by the tests and bench/bench_lite.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from model.base import SAMPLES_PER_FRAME
 from model.lite import face
+from model.speakers import SpeakerError, SpeakerFaces
 
 
 def loudness_envelope(samples: np.ndarray, num_frames: int, floor_db: float = -60.0) -> np.ndarray:
@@ -28,6 +30,28 @@ def lip_gaps(frames: np.ndarray, faces: face.FaceLandmarks) -> np.ndarray:
         if points is not None:
             gaps[i] = float(np.linalg.norm(points[lower] - points[upper]))
     return gaps
+
+
+def speaker_lip_gaps(frames: np.ndarray, faces: face.FaceLandmarks,
+                     picks: SpeakerFaces = SpeakerFaces()) -> np.ndarray:
+    """``[2, frames]``: the inner-lip gap of speaker 1's and speaker 2's face per frame (NaN where the two
+    faces are not both found). ``faces`` must look for several faces (``max_faces`` >= 2)."""
+    upper, lower = face.INNER_LIP_MIDDLE
+    gaps = np.full((2, len(frames)), np.nan)
+    for i, image in enumerate(frames):
+        try:
+            pair = picks.pick(faces.detect_all(np.ascontiguousarray(image)), image.shape[1])
+        except SpeakerError:
+            continue
+        for speaker, points in enumerate(pair):
+            gaps[speaker, i] = float(np.linalg.norm(points[lower] - points[upper]))
+    return gaps
+
+
+def cross_talk(gaps: np.ndarray, envelopes: np.ndarray) -> np.ndarray:
+    """``[face, speech]`` correlations: the diagonal is each face against its own speech, the rest each
+    face against the other speaker's speech (what a face should not follow)."""
+    return np.array([[correlation(gaps[f], envelopes[s]) for s in range(len(envelopes))] for f in range(len(gaps))])
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
