@@ -14,6 +14,17 @@ GENERATORS: dict[str, tuple[str, str, str]] = {
     "infinitetalk": ("model.infinitetalk", "build", "the InfiniteTalk 14B DiT; needs --weights and a GPU"),
     "passthrough": ("model.passthrough", "build", "the source frames unchanged (a fallback and for tests)"),
 }
+# Generators that run on a torch.distributed process group (--gpus/--parallel): every rank builds one,
+# and it shards its work over the default group by itself (model/infinitetalk).
+SHARDABLE: set[str] = {"infinitetalk"}
+
+
+def is_shardable(name: str) -> bool:
+    return name in SHARDABLE
+
+
+def shardable_names() -> list[str]:
+    return sorted(SHARDABLE)
 
 
 def generator_names() -> list[str]:

@@ -50,6 +50,10 @@ def add_generator_options(parser: argparse.ArgumentParser, default: str | None =
     parser.add_argument("--generator-option", dest="generator_option", action="append", default=[], type=_key_value,
                         metavar="KEY=VALUE", help="a generator build option, repeatable (infinitetalk: steps=8, "
                                                   "lora=FILE, fp8=true, ...; see README)")
+    parser.add_argument("--gpus", metavar="LIST", help="run the generator on one torch.distributed process "
+                                                       "group over these GPUs, e.g. 0,1,2,3 (NCCL; infinitetalk)")
+    parser.add_argument("--parallel", type=int, metavar="N", help="the same on N CPU ranks (gloo), for trying "
+                                                                  "and testing it without GPUs")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -90,10 +94,13 @@ def _add_dub(commands) -> None:
 
 def _run_dub(args: argparse.Namespace) -> int:
     from streaming.dub import DubSettings, ProgressBar, default_output_name, dub
+    from streaming.group import group_layout
 
+    options = generator_options(args)
+    group = group_layout(args.gpus, args.parallel, args.generator, options)
     settings = DubSettings(generator=args.generator, size=args.size, keyframe_interval=args.keyframe_interval,
                            color_correction=args.color_correction, source_end=args.source_end, seed=args.seed,
-                           generator_options=generator_options(args))
+                           generator_options=options, group=group)
     output = args.output or default_output_name(args.source)
     report = dub(args.source, args.audio, output, settings, progress=None if args.quiet else ProgressBar())
     print(report.summary())

@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 from model.base import Tier
+from model.registry import is_shardable
 from server.config import ServerConfig
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
@@ -90,9 +91,19 @@ class SessionManager:
     # ---- generators ---------------------------------------------------------------------------------------
     def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
         spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
+        if self._group(spec) is not None:
+            return spec, "process"
         mode = self.config.worker if self.config.worker != "auto" else (
             "thread" if spec.name in IN_PROCESS_GENERATORS else "process")
         return spec, mode
+
+    def _group(self, spec: GeneratorSpec):
+        """The process group (--gpus/--parallel) that generator ``spec`` runs on, if any."""
+        return self.config.group if is_shardable(spec.name) else None
+
+    def _shared(self, spec: GeneratorSpec) -> bool:
+        """One pool for every session: GPU generators and process groups (the model is loaded once)."""
+        return spec.name in GPU_GENERATORS or self._group(spec) is not None
 
     async def pool(self, name: str | None = None) -> GeneratorPool:
         """The shared pool of generator ``name`` (process workers: one model load serves every session)."""
@@ -100,16 +111,21 @@ class SessionManager:
         async with self._pool_lock:
             if spec.name not in self._pools:
                 workers = self.config.workers or 1
-                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions)
+                group = self._group(spec)
+                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions,
+                                     group=group)
                 await pool.start()
-                log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
+                if group is not None:
+                    log.info("generator %s ready on %s", spec.name, group.describe())
+                else:
+                    log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
                 self._pools[spec.name] = pool
             return self._pools[spec.name]
 
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
         spec, mode = self._spec(None)
-        if spec.name in GPU_GENERATORS:
+        if self._shared(spec):
             await self.pool()
         else:
             self._start_spare(spec, mode)
@@ -146,7 +162,7 @@ class SessionManager:
         spec, mode = self._spec(name)
         owned: list[GeneratorPool] = []
         try:
-            if spec.name in GPU_GENERATORS:
+            if self._shared(spec):
                 pool = await self.pool(name)
             else:
                 pool = await self._session_pool(spec, mode)

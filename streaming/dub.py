@@ -33,6 +33,7 @@ class DubSettings:
     source_end: str = "hold"
     seed: int = 42
     generator_options: dict = dataclasses.field(default_factory=dict)
+    group: object = None  # a streaming.group.GroupLayout: run the generator on that process group
 
 
 @dataclasses.dataclass
@@ -69,7 +70,7 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     speech *= np.float32(loudness_gain(loudness))  # in place: the official loudness_norm to -23 LUFS
     source = VideoSource(source_path, settings.size, settings.source_end, settings.keyframe_interval)
     owned = generator is None
-    generator = generator or build_generator(settings.generator, **settings.generator_options)
+    generator = generator or _build(settings)
     plan = ChunkPlan()
     engine = ChunkEngine(source, generator, plan, settings.keyframe_interval, settings.color_correction,
                          settings.seed)
@@ -94,6 +95,19 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
         if owned:
             generator.close()
     return DubReport(output_path, written, source.size, time.perf_counter() - started, reports)
+
+
+def _build(settings: DubSettings) -> Generator:
+    if settings.group is None:
+        return build_generator(settings.generator, **settings.generator_options)
+    from streaming.group import GroupGenerator
+    from streaming.workers import GeneratorFailed, GeneratorSpec
+
+    spec = GeneratorSpec.from_registry(settings.generator, settings.generator_options, fallback=None)
+    try:
+        return GroupGenerator(spec, settings.group)
+    except GeneratorFailed as exc:  # e.g. the weights are missing: the ranks' own one-line error
+        raise InputError(str(exc)) from None
 
 
 class ProgressBar:
