@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import time
 from typing import Callable
 
 from model.base import ChunkRequest, ChunkResult
@@ -117,6 +118,11 @@ class GroupWorker(ProcessWorker):
         if not dead:
             return None
         return f"{self.spec.name} group on {self.layout.describe()}: {', '.join(dead)}"
+
+    def _settle(self, seconds: float = 2.0) -> None:
+        deadline = time.monotonic() + seconds
+        for process in self._ranks:
+            process.join(max(0.0, deadline - time.monotonic()))
 
     def _spawn(self, context, rank: int, conn, store_port: int) -> multiprocessing.Process:
         from streaming.rank import rank_main

@@ -243,7 +243,12 @@ class ProcessWorker:
         try:
             return self._conn.recv()
         except (EOFError, OSError) as exc:
-            raise WorkerDied(f"{self.spec.name} worker process closed its pipe ({describe(exc)})") from None
+            self._settle()  # the pipe closes as the process ends: its exit code says more
+            raise WorkerDied(self._lost() or f"{self.spec.name} worker process closed its pipe "
+                                              f"({describe(exc)})") from None
+
+    def _settle(self, seconds: float = 2.0) -> None:
+        self._process.join(seconds)
 
     def _start(self) -> GeneratorProfile:
         context = multiprocessing.get_context("spawn")

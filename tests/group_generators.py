@@ -35,8 +35,13 @@ class RankProbe(PassthroughGenerator):
         pids = [None] * dist.get_world_size()
         dist.all_gather_object(pids, os.getpid())
         result = super().generate(request)
-        result.info.update(world=dist.get_world_size(), rank_sum=int(ranks.item()), pids=pids)
+        result.info.update(world=dist.get_world_size(), rank_sum=int(ranks.item()), pids=_pid_list(pids))
         return result
+
+
+def _pid_list(pids) -> str:
+    """The ranks' process ids as chunk events carry them (plain values only): "123,456"."""
+    return ",".join(map(str, pids))
 
 
 def build_rank_probe(**options) -> RankProbe:
