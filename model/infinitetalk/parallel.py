@@ -82,6 +82,14 @@ def _backend_forward_op(backend):
     return forward_op
 
 
+def slice_sizes(length: int, world: int) -> tuple[int, ...]:
+    """Tokens per rank, in ``torch.tensor_split`` order (the first ``length mod world`` ranks one more)."""
+    if length < world:
+        raise ValueError(f"{length} tokens cannot be split over {world} ranks")
+    base, extra = divmod(length, world)
+    return tuple(base + (rank < extra) for rank in range(world))
+
+
 class SequenceParallel:
     """The process group, its (ring, ulysses) device mesh and diffusers' context-parallel configs."""
 
@@ -118,10 +126,7 @@ class SequenceParallel:
     @functools.lru_cache(maxsize=16)
     def layout(self, length: int, frame_tokens: int) -> "TokenShard":
         """This rank's slice of a ``length``-token window with ``frame_tokens`` tokens per latent frame."""
-        if length < self.world:
-            raise ValueError(f"{length} tokens cannot be split over {self.world} ranks")
-        base, extra = divmod(length, self.world)
-        sizes = tuple(base + (r < extra) for r in range(self.world))
+        sizes = slice_sizes(length, self.world)
         start = sum(sizes[: self.rank])
         return TokenShard(self, length, frame_tokens, start, start + sizes[self.rank], sizes)
 
@@ -130,7 +135,7 @@ class SequenceParallel:
 class TokenShard:
     """One rank's contiguous slice ``[start, stop)`` of one window shape, and the collectives on it."""
 
-    parallel: SequenceParallel
+    parallel: SequenceParallel | None  # None only for arithmetic without collectives (tests)
     length: int
     frame_tokens: int
     start: int
