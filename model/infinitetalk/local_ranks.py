@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -21,21 +23,21 @@ def free_port() -> int:
 def run_ranks(function: Callable, world: int, *args, threads: int | None = None) -> list:
     """``function(*args)`` on ``world`` spawned processes joined in one gloo group; returns each rank's
     result, rank 0 first. ``function`` must be importable (spawn pickles it by name). A rank that
-    raises makes this raise."""
+    raises makes this raise. Results travel as files: a pipe would block a rank whose result outgrows
+    its buffer while the parent waits for the ranks to exit."""
     if world < 1:
         raise ValueError(f"need at least 1 rank, got {world}")
     threads = threads or max(1, (os.cpu_count() or 1) // world)
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_rank_main, args=(world, free_port(), threads, function, args, queue), nprocs=world,
-                       join=True, start_method="spawn")
-    results = dict(queue.get() for _ in range(world))
-    return [results[rank] for rank in range(world)]
+    with tempfile.TemporaryDirectory(prefix="livedub-ranks-") as folder:
+        mp.start_processes(_rank_main, args=(world, free_port(), threads, function, args, folder), nprocs=world,
+                           join=True, start_method="spawn")
+        return [torch.load(Path(folder) / f"{rank}.pt", weights_only=False) for rank in range(world)]
 
 
-def _rank_main(rank: int, world: int, port: int, threads: int, function: Callable, args: tuple, queue) -> None:
+def _rank_main(rank: int, world: int, port: int, threads: int, function: Callable, args: tuple, folder: str) -> None:
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        queue.put((rank, function(*args)))
+        torch.save(function(*args), Path(folder) / f"{rank}.pt")
     finally:
         dist.destroy_process_group()
