@@ -147,7 +147,12 @@ def _add_conformance(commands) -> None:
                                              "dit/, encoders/, pipeline/, or a folder of sets); one line per case; "
                                              "exit status 1 if any case exceeds its tolerance.")
     parser.add_argument("folder", metavar="DIR")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's; with --parallel, per rank: the cores / N)")
+    parser.add_argument("--parallel", type=_positive_int, default=1, metavar="N",
+                        help="shard the DiT over N gloo ranks on this machine (default 1: not sharded)")
+    parser.add_argument("--parallel-mode", choices=("ulysses", "ring", "hybrid"), default="ulysses",
+                        help="how the DiT's tokens are split (default ulysses; see the README)")
     parser.set_defaults(run=_run_conformance)
 
 
@@ -156,6 +161,10 @@ def _run_conformance(args: argparse.Namespace) -> int:
 
     from model.infinitetalk.conformance import run
 
+    if args.parallel > 1:
+        from model.infinitetalk.conformance_parallel import run_parallel
+
+        return 1 if run_parallel(args.folder, args.parallel, args.parallel_mode, args.threads) else 0
     if args.threads:
         torch.set_num_threads(args.threads)
     return 1 if run(args.folder).failures else 0
