@@ -162,15 +162,19 @@ def test_dubbing_on_two_ranks_gives_the_single_process_video(tmp_path, monkeypat
         dub(source, speech, str(tmp_path / "single.mp4"), settings, generator=single)
     finally:
         torch.set_num_threads(threads)
-    spec = GeneratorSpec.from_registry("infinitetalk", options, fallback=None)
-    grouped = Recording(GroupGenerator(spec, CPU2))
-    try:
-        dub(source, speech, str(tmp_path / "grouped.mp4"), settings, generator=grouped)
-    finally:
-        grouped.close()
-    assert len(single.frames) == len(grouped.frames) == 2
-    for one, two in zip(single.frames, grouped.frames):
-        assert np.array_equal(one, two)
+    # The DiT is sharded over the two ranks (model/infinitetalk/parallel.py). Ulysses moves whole heads
+    # between ranks, and every matmul sees the same rows: the frames are exactly equal. Ring attention
+    # merges partial softmaxes in another order: a level apart in a few pixels at most.
+    for mode, tolerance in (("ulysses", 0), ("ring", 1)):
+        spec = GeneratorSpec.from_registry("infinitetalk", {**options, "parallel_mode": mode}, fallback=None)
+        grouped = Recording(GroupGenerator(spec, CPU2))
+        try:
+            dub(source, speech, str(tmp_path / f"{mode}.mp4"), settings, generator=grouped)
+        finally:
+            grouped.close()
+        assert len(single.frames) == len(grouped.frames) == 2
+        for one, two in zip(single.frames, grouped.frames):
+            assert np.abs(one.astype(np.int16) - two).max() <= tolerance, mode
 
     # The command line: `--parallel 2` runs that group (its report says so on every chunk); the mp4 holds
     # the same frames up to x264's own run-to-run jitter (its threads; about 1.5 levels mean on noise).
