@@ -6,7 +6,8 @@ their numeric code); a process worker runs it in a child process (GPU generators
 or a leak stays there, and heavy imports stay out of the server). A pool serves chunk requests from any
 number of sessions earliest deadline first, through a bounded queue; a request whose deadline passed
 while it waited is not run at all. A worker process that dies fails its chunk with ``WorkerDied`` and is
-restarted (with backoff) before it takes the next one.
+restarted (with backoff) before it takes the next one. A pool may instead hold one process group of
+ranks (``group=``, streaming/group.py), restarted whole in the same way.
 """
 
 from __future__ import annotations
