@@ -16,6 +16,17 @@ GENERATORS: dict[str, tuple[str, str, str]] = {
     "simulated": ("model.simulated", "build", "a simulated GPU machine (--simulate h100x8): costs what the "
                                               "planner predicts, returns the reference"),
 }
+# Generators that run on a torch.distributed process group (--gpus/--parallel): every rank builds one,
+# and it shards its work over the default group by itself (model/infinitetalk).
+SHARDABLE: set[str] = {"infinitetalk"}
+
+
+def is_shardable(name: str) -> bool:
+    return name in SHARDABLE
+
+
+def shardable_names() -> list[str]:
+    return sorted(SHARDABLE)
 
 
 def generator_names() -> list[str]:

@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 from model.base import Tier
+from model.registry import is_shardable
 from server.config import ServerConfig
 from server.offers import Offer
 from server.peers import Peer, open_ingest, open_viewer
@@ -108,9 +109,19 @@ class SessionManager:
     # ---- generators ---------------------------------------------------------------------------------------
     def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
         spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
+        if self._group(spec) is not None:
+            return spec, "process"
         mode = self.config.worker if self.config.worker != "auto" else (
             "thread" if spec.name in IN_PROCESS_GENERATORS else "process")
         return spec, mode
+
+    def _group(self, spec: GeneratorSpec):
+        """The process group (--gpus/--parallel) that generator ``spec`` runs on, if any."""
+        return self.config.group if is_shardable(spec.name) else None
+
+    def _shared(self, spec: GeneratorSpec) -> bool:
+        """One pool for every session: GPU generators and process groups (the model is loaded once)."""
+        return spec.name in SHARED_GENERATORS or self._group(spec) is not None
 
     async def pool(self, name: str | None = None) -> GeneratorPool:
         """The shared pool of generator ``name`` (process workers: one model load serves every session)."""
@@ -119,13 +130,18 @@ class SessionManager:
             if spec.name not in self._pools:
                 self._check_buildable(spec)
                 workers = self.config.workers or 1
-                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions)
+                group = self._group(spec)
+                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions,
+                                     group=group)
                 try:
                     await pool.start()
                 except GeneratorFailed as exc:  # a shared model that failed to load fails the same next time
                     self._unbuildable[spec.name] = str(exc)
                     raise
-                log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
+                if group is not None:
+                    log.info("generator %s ready on %s", spec.name, group.describe())
+                else:
+                    log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
                 self._pools[spec.name] = pool
             return self._pools[spec.name]
 
@@ -169,7 +185,7 @@ class SessionManager:
     async def prepare(self) -> str:
         """Check the default generator at start-up (a shared GPU model is loaded now); its actual name."""
         spec, mode = self._spec(None)
-        if spec.name in SHARED_GENERATORS:
+        if self._shared(spec):
             await self.pool()
         else:
             self._start_spare(spec, mode)
@@ -206,7 +222,7 @@ class SessionManager:
         spec, mode = self._spec(name)
         owned: list[GeneratorPool] = []
         try:
-            if spec.name in SHARED_GENERATORS:
+            if self._shared(spec):
                 pool = await self.pool(name)
             else:
                 pool = await self._session_pool(spec, mode)
