@@ -248,3 +248,11 @@ def test_cli_public_set_on_two_ranks():
     assert {"public/dit/multi/out", "public/pipeline/free/video", "public/encoders/vae/decoded"} <= names
     assert "DiT sharded: ulysses: ulysses 2 x ring 1 over 2 ranks (gloo)" in result.stdout
     assert result.stdout.splitlines()[-1].endswith("0 failed")
+
+
+def test_generator_refuses_a_bad_parallel_mode(weights):
+    from model.infinitetalk.generator import build_generator
+    from streaming.errors import InputError
+
+    with pytest.raises(InputError, match="bad parallel_mode 'tensor': accepted are ulysses, ring, hybrid"):
+        build_generator(weights=weights, device="cpu", parallel_mode="tensor")
