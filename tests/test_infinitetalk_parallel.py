@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from it_weights import TINY_DIT, official_dit_shapes, random_tensors, write_weights
 from model.infinitetalk.audio_attention import BACKGROUND_POSITION, PERSON1_SPAN, PERSON2_SPAN, route_positions
 from model.infinitetalk.local_ranks import run_ranks
-from model.infinitetalk.parallel import TokenShard, parallel_degrees, shard_transformer, slice_sizes, unshard_transformer
+from model.infinitetalk.parallel import (TokenShard, parallel_degrees, shard_transformer, slice_sizes,
+                                        unshard_transformer)
 
 ROOT = Path(__file__).parents[1]
 PUBLIC = ROOT / "tests" / "fixtures" / "conformance" / "public"
@@ -127,13 +128,24 @@ def _four_head_errors() -> dict[str, float]:
     windows = {"even/one": _window_inputs(1, 3, 8, 12, 1), "even/two": _window_inputs(2, 3, 8, 12, 2),
                "uneven/one": _window_inputs(1, 3, 6, 10, 3), "uneven/two": _window_inputs(2, 3, 6, 10, 4)}
     expected = {name: official_forward(model, inputs) for name, inputs in windows.items()}
+    batched = _two_branches(model, windows["uneven/two"])
     errors = {}
     for mode in ("ulysses", "ring", "hybrid"):
         parallel = shard_transformer(model, mode)
         for name, inputs in windows.items():
             errors[f"{parallel.mode}/{name}"] = (official_forward(model, inputs) - expected[name]).abs().max().item()
+        got = _two_branches(model, windows["uneven/two"])
+        errors[f"{parallel.mode}/uneven/two/batched"] = (got - batched).abs().max().item()
         unshard_transformer(model)
     return errors
+
+
+def _two_branches(model, inputs: dict) -> torch.Tensor:
+    """Two guidance branches in one batch (the generator's batch_cfg): two texts, the same latents."""
+    text = torch.stack([inputs["context"], -inputs["context"]])
+    return model(inputs["x"][None].expand(2, -1, -1, -1, -1), inputs["t"].expand(2), text,
+                 inputs["clip_fea"].expand(2, -1, -1), inputs["y"].expand(2, -1, -1, -1, -1),
+                 model.encode_audio(inputs["audio"]), inputs["ref_target_masks"])[0]
 
 
 def _two_chunk_loop(steps: int | None = None) -> torch.Tensor:
@@ -206,7 +218,9 @@ def test_two_ranks_public_dit_streaming_loop_and_generator(weights):
 def test_four_ranks_every_mode_two_speakers_uneven():
     results = run_ranks(_four_ranks, 4, threads=1)
     expected = {f"{m}/{c}" for m in ("ring", "hybrid") for c in DIT_CASES}
-    expected |= {f"{m}/{w}/{p}" for m in ("ulysses", "ring", "hybrid") for w in ("even", "uneven") for p in ("one", "two")}
+    modes = ("ulysses", "ring", "hybrid")
+    expected |= {f"{m}/{w}/{p}" for m in modes for w in ("even", "uneven") for p in ("one", "two")}
+    expected |= {f"{m}/uneven/two/batched" for m in modes}
     for rank in results:
         assert set(rank) == expected
         for name, error in rank.items():
@@ -234,3 +248,11 @@ def test_cli_public_set_on_two_ranks():
     assert {"public/dit/multi/out", "public/pipeline/free/video", "public/encoders/vae/decoded"} <= names
     assert "DiT sharded: ulysses: ulysses 2 x ring 1 over 2 ranks (gloo)" in result.stdout
     assert result.stdout.splitlines()[-1].endswith("0 failed")
+
+
+def test_generator_refuses_a_bad_parallel_mode(weights):
+    from model.infinitetalk.generator import build_generator
+    from streaming.errors import InputError
+
+    with pytest.raises(InputError, match="bad parallel_mode 'tensor': accepted are ulysses, ring, hybrid"):
+        build_generator(weights=weights, device="cpu", parallel_mode="tensor")

@@ -259,7 +259,8 @@ def build_generator(**options) -> InfiniteTalkGenerator:
         for path, scale in zip(opts.lora, scales):
             merge_lora(transformer, path, scale)
     place_transformer(transformer, device, opts.fp8, opts.offload, opts.compile, opts.attention)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
         try:
             shard_transformer(transformer, opts.parallel_mode)
         except ValueError as exc:
