@@ -24,7 +24,7 @@ GENERATORS: dict[str, tuple[str, str, str]] = {
 SERVING: dict[str, ServingNeeds] = {
     "lite": ServingNeeds(),
     "infinitetalk": ServingNeeds(
-        device="cuda", shared=True, fallback="lite",
+        device="cuda", shared=True, shardable=True, fallback="lite",
         required_options=(("weights", "the infinitetalk generator needs --weights DIR (the official release "
                                       "layout; see README)"),)),
     "passthrough": ServingNeeds(worker="thread", warm_up=False),  # nothing loaded lazily, next to no cost
@@ -36,6 +36,15 @@ SERVING: dict[str, ServingNeeds] = {
 
 def serving_needs(name: str) -> ServingNeeds:
     return SERVING.get(name, ServingNeeds())
+
+
+def is_shardable(name: str) -> bool:
+    """Whether ``name`` runs on a torch.distributed process group (--gpus/--parallel)."""
+    return serving_needs(name).shardable
+
+
+def shardable_names() -> list[str]:
+    return sorted(name for name, needs in SERVING.items() if needs.shardable)
 
 
 def generator_names() -> list[str]:

@@ -25,6 +25,9 @@ class ServingNeeds:
     # WebRTC work; a crash stays there); "thread": cheap enough to run in a thread of the server.
     worker: str = "process"
     shared: bool = False  # one instance serves every session (else one per session: per-stream state)
+    # Runs on a torch.distributed process group (--gpus/--parallel): every rank builds one, and it shards
+    # its work over the default group by itself (model/infinitetalk).
+    shardable: bool = False
     # Build options it cannot start without, and the one-line error when one is missing.
     required_options: tuple[tuple[str, str], ...] = ()
     # Run one chunk on the session's source before the first real one: loads what is loaded lazily

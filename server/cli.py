@@ -50,6 +50,10 @@ def add_generator_options(parser: argparse.ArgumentParser, default: str | None =
     parser.add_argument("--generator-option", dest="generator_option", action="append", default=[], type=_key_value,
                         metavar="KEY=VALUE", help="a generator build option, repeatable (infinitetalk: steps=8, "
                                                   "lora=FILE, fp8=true, ...; see README)")
+    parser.add_argument("--gpus", metavar="LIST", help="run the generator on one torch.distributed process "
+                                                       "group over these GPUs, e.g. 0,1,2,3 (NCCL; infinitetalk)")
+    parser.add_argument("--parallel", type=int, metavar="N", help="the same on N CPU ranks (gloo), for trying "
+                                                                  "and testing it without GPUs")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -98,10 +102,13 @@ def _add_dub(commands) -> None:
 
 def _run_dub(args: argparse.Namespace) -> int:
     from streaming.dub import DubSettings, ProgressBar, default_output_name, dub
+    from streaming.group import group_layout
 
+    options = generator_options(args)
+    group = group_layout(args.gpus, args.parallel, args.generator, options)
     settings = DubSettings(generator=args.generator, size=args.size, keyframe_interval=args.keyframe_interval,
                            color_correction=args.color_correction, source_end=args.source_end, seed=args.seed,
-                           generator_options=generator_options(args), speaker_faces=_speaker_faces(args))
+                           generator_options=options, speaker_faces=_speaker_faces(args), group=group)
     output = args.output or default_output_name(args.source)
     report = dub(args.source, args.audio, output, settings, progress=None if args.quiet else ProgressBar(),
                  second_audio_path=args.audio2)
@@ -166,7 +173,12 @@ def _add_conformance(commands) -> None:
                                              "dit/, encoders/, pipeline/, or a folder of sets); one line per case; "
                                              "exit status 1 if any case exceeds its tolerance.")
     parser.add_argument("folder", metavar="DIR")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's; with --parallel, per rank: the cores / N)")
+    parser.add_argument("--parallel", type=_positive_int, default=1, metavar="N",
+                        help="shard the DiT over N gloo ranks on this machine (default 1: not sharded)")
+    parser.add_argument("--parallel-mode", choices=("ulysses", "ring", "hybrid"), default="ulysses",
+                        help="how the DiT's tokens are split (default ulysses; see the README)")
     parser.set_defaults(run=_run_conformance)
 
 
@@ -175,6 +187,10 @@ def _run_conformance(args: argparse.Namespace) -> int:
 
     from model.infinitetalk.conformance import run
 
+    if args.parallel > 1:
+        from model.infinitetalk.conformance_parallel import run_parallel
+
+        return 1 if run_parallel(args.folder, args.parallel, args.parallel_mode, args.threads) else 0
     if args.threads:
         torch.set_num_threads(args.threads)
     return 1 if run(args.folder).failures else 0

@@ -68,6 +68,7 @@ class ServerConfig:
     mqtt: MqttConfig | None = None
     max_message_bytes: int = 65_536
     max_sdp_bytes: int = 65_536
+    group: object = None  # a streaming.group.GroupLayout (--gpus/--parallel), or None: no process group
 
     @property
     def loopback(self) -> bool:
@@ -175,6 +176,7 @@ def _number(settings: dict, key: str, kind, low: float, high: float, unit: str):
 
 def build_config(settings: dict) -> ServerConfig:
     """A checked ServerConfig from merged settings (file values overridden by the command line)."""
+    from streaming.group import group_layout
     from streaming.source import parse_size
 
     unknown = set(settings) - KNOWN_KEYS
@@ -212,7 +214,11 @@ def build_config(settings: dict) -> ServerConfig:
     options.update({k: v for k, v in (("weights", s.get("weights")), ("device", s.get("device"))) if v})
     if s.get("simulate"):
         merged["generator"] = _simulated_generator(s, options)
-    return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())),
+    group = group_layout(s.get("gpus"), s.get("parallel"), merged["generator"], options)
+    if group is not None and merged["workers"] > 1:
+        raise InputError(f"--workers {merged['workers']} does not go with --gpus/--parallel: one process group "
+                         "serves every session")
+    return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())), group=group,
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
                         ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s))
 
@@ -257,7 +263,7 @@ def _mqtt_config(s: dict) -> MqttConfig | None:
 KNOWN_KEYS = {
     "host", "port", "sources", "generator", "generator_option", "generator_options", "weights", "device",
     "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "connect_timeout", "token", "token_file", "ice_server", "ice_servers",
-    "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
+    "gpus", "parallel", "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
     "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_stats_interval", "max_message_bytes",
     "max_sdp_bytes", "simulate",
 }

@@ -106,8 +106,19 @@ class SessionManager:
     # ---- generators ---------------------------------------------------------------------------------------
     def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
         spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
+        if self._group(spec) is not None:
+            return spec, "process"
         mode = self.config.worker if self.config.worker != "auto" else serving_needs(spec.name).worker
         return spec, mode
+
+    def _group(self, spec: GeneratorSpec):
+        """The process group (--gpus/--parallel) that generator ``spec`` runs on, if any."""
+        return self.config.group if serving_needs(spec.name).shardable else None
+
+    def _shared(self, spec: GeneratorSpec) -> bool:
+        """One pool for every session: generators declared shared (a GPU model is loaded once) and
+        process groups."""
+        return serving_needs(spec.name).shared or self._group(spec) is not None
 
     async def pool(self, name: str | None = None) -> GeneratorPool:
         """The shared pool of generator ``name`` (process workers: one model load serves every session)."""
@@ -116,13 +127,18 @@ class SessionManager:
             if spec.name not in self._pools:
                 self._check_buildable(spec)
                 workers = self.config.workers or 1
-                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions)
+                group = self._group(spec)
+                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions,
+                                     group=group)
                 try:
                     await pool.start()
                 except GeneratorFailed as exc:  # a shared model that failed to load fails the same next time
                     self._unbuildable[spec.name] = str(exc)
                     raise
-                log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
+                if group is not None:
+                    log.info("generator %s ready on %s", spec.name, group.describe())
+                else:
+                    log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
                 self._pools[spec.name] = pool
             return self._pools[spec.name]
 
@@ -175,7 +191,7 @@ class SessionManager:
         it on a library source to measure its chunk cost, and refuse a --delay below what it needs."""
         spec, mode = self._spec(None)
         needs = serving_needs(spec.name)
-        if needs.shared:
+        if self._shared(spec):
             pool = await self.pool()
         else:
             self._start_spare(spec, mode)
@@ -239,7 +255,7 @@ class SessionManager:
         needs = serving_needs(spec.name)
         owned: list[GeneratorPool] = []
         try:
-            if needs.shared:
+            if self._shared(spec):
                 pool = await self.pool(name)
             else:
                 pool = await self._session_pool(spec, mode)

@@ -36,6 +36,7 @@ class DubSettings:
     generator_options: dict = dataclasses.field(default_factory=dict)
     # Two speakers (a second speech file): which face each animates; None is speaker 1 = leftmost face.
     speaker_faces: SpeakerFaces | None = None
+    group: object = None  # a streaming.group.GroupLayout: run the generator on that process group
 
 
 @dataclasses.dataclass
@@ -80,7 +81,7 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
         except SpeakerError as exc:
             raise InputError(str(exc)) from None
     owned = generator is None
-    generator = generator or build_generator(settings.generator, **settings.generator_options)
+    generator = generator or _build(settings)
     plan = ChunkPlan()
     engine = ChunkEngine(source, generator, plan, settings.keyframe_interval, settings.color_correction,
                          settings.seed)
@@ -150,6 +151,17 @@ def check_speaker_faces(reference: np.ndarray, faces: SpeakerFaces) -> None:
     finally:
         finder.close()
     faces.pick(found, reference.shape[1])
+def _build(settings: DubSettings) -> Generator:
+    if settings.group is None:
+        return build_generator(settings.generator, **settings.generator_options)
+    from streaming.group import GroupGenerator
+    from streaming.workers import GeneratorFailed, GeneratorSpec
+
+    spec = GeneratorSpec.from_registry(settings.generator, settings.generator_options, fallback=None)
+    try:
+        return GroupGenerator(spec, settings.group)
+    except GeneratorFailed as exc:  # e.g. the weights are missing: the ranks' own one-line error
+        raise InputError(str(exc)) from None
 
 
 class ProgressBar:

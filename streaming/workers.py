@@ -6,7 +6,8 @@ their numeric code); a process worker runs it in a child process (GPU generators
 or a leak stays there, and heavy imports stay out of the server). A pool serves chunk requests from any
 number of sessions earliest deadline first, through a bounded queue; a request whose deadline passed
 while it waited is not run at all. A worker process that dies fails its chunk with ``WorkerDied`` and is
-restarted (with backoff) before it takes the next one.
+restarted (with backoff) before it takes the next one. A pool may instead hold one process group of
+ranks (``group=``, streaming/group.py), restarted whole in the same way.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class GeneratorSpec:
             return cls.from_registry(fallback, None, None, registry)
         return cls(name, module, factory, tuple(sorted((options or {}).items())))
 
-    def build(self):
-        return getattr(importlib.import_module(self.module), self.factory)(**dict(self.options))
+    def build(self, **overrides):
+        """The generator, with ``overrides`` on top of the spec's options (a rank's own device)."""
+        options = {**dict(self.options), **overrides}
+        return getattr(importlib.import_module(self.module), self.factory)(**options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +121,7 @@ class GeneratorProfile:
             return {}
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
@@ -138,7 +141,7 @@ class ThreadWorker:
         try:
             return self._generator.generate(request)
         except Exception as exc:  # noqa: BLE001 - any generator bug fails this chunk only
-            raise GeneratorFailed(_describe(exc)) from exc
+            raise GeneratorFailed(describe(exc)) from exc
 
     def _close(self) -> None:
         if self._generator is not None:
@@ -160,22 +163,23 @@ class ThreadWorker:
         self._executor.shutdown(wait=False)
 
 
-def _child_main(conn, spec: GeneratorSpec) -> None:
-    """The worker process: build the generator, then answer requests until told to stop. Frames come
-    and go through the parent's shared-memory segments (streaming/sharedframes.py)."""
+def quiet_child() -> None:
+    """A worker process's scheduling: the parent decides when it ends, and the server goes first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
     # Generation has slack until its deadline; pacing the tracks has none. When the CPU is contended,
     # the server's event loop goes first (a late chunk falls back; a late frame is a visible stutter).
     os.nice(WORKER_NICENESS)
-    try:
-        generator = spec.build()
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("failed", _describe(exc)))
-        return
-    conn.send(("ready", GeneratorProfile.of(generator)))
+
+
+def serve_requests(conn, generate, idle=None, idle_seconds: float = 30.0) -> None:
+    """Answer the parent's chunk requests with ``generate`` until told to stop (or the pipe closes).
+    Frames come and go through the parent's shared-memory segments (streaming/sharedframes.py).
+    ``idle`` is called every ``idle_seconds`` without a request."""
     segments = AttachedSegments()
     try:
         while True:
+            while idle is not None and not conn.poll(idle_seconds):
+                idle()
             try:
                 request = conn.recv()
             except EOFError:
@@ -187,9 +191,9 @@ def _child_main(conn, spec: GeneratorSpec) -> None:
             if frames_in is not None:
                 request.source_frames = segments.view(frames_in)
             try:
-                result = generator.generate(request)
+                result = generate(request)
             except Exception as exc:  # noqa: BLE001 - one chunk fails, the worker goes on
-                conn.send(("raised", _describe(exc)))
+                conn.send(("raised", describe(exc)))
                 continue
             frames = np.asarray(result.frames)
             written = frames.shape == frames_out.shape and frames.dtype == np.uint8
@@ -199,6 +203,20 @@ def _child_main(conn, spec: GeneratorSpec) -> None:
             conn.send(("ok", (result, written)))
     finally:
         segments.forget_except(set())
+
+
+def _child_main(conn, spec: GeneratorSpec) -> None:
+    """The worker process: build the generator, then answer requests until told to stop."""
+    quiet_child()
+    try:
+        generator = spec.build()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("failed", describe(exc)))
+        return
+    conn.send(("ready", GeneratorProfile.of(generator)))
+    try:
+        serve_requests(conn, generator.generate)
+    finally:
         generator.close()
 
 
@@ -221,20 +239,31 @@ class ProcessWorker:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    def _lost(self) -> str | None:
+        """Why the worker cannot answer any more, or None while it can."""
+        if self._process.is_alive():
+            return None
+        return f"{self.spec.name} worker process (pid {self._process.pid}) died with exit code {self._process.exitcode}"
+
     def _receive(self, timeout: float | None):
         """The child's next message; WorkerDied if it exits first."""
         waited = 0.0
         while not self._conn.poll(POLL_SECONDS):
             waited += POLL_SECONDS
-            if not self._process.is_alive() and not self._conn.poll(0):
-                raise WorkerDied(f"{self.spec.name} worker process (pid {self._process.pid}) died "
-                                 f"with exit code {self._process.exitcode}")
+            lost = self._lost()
+            if lost is not None and not self._conn.poll(0):
+                raise WorkerDied(lost)
             if timeout is not None and waited > timeout:
                 raise WorkerDied(f"{self.spec.name} worker process did not answer in {timeout:.0f} s")
         try:
             return self._conn.recv()
         except (EOFError, OSError) as exc:
-            raise WorkerDied(f"{self.spec.name} worker process closed its pipe ({_describe(exc)})") from None
+            self._settle()  # the pipe closes as the process ends: its exit code says more
+            raise WorkerDied(self._lost() or f"{self.spec.name} worker process closed its pipe "
+                                              f"({describe(exc)})") from None
+
+    def _settle(self, seconds: float = 2.0) -> None:
+        self._process.join(seconds)
 
     def _start(self) -> GeneratorProfile:
         context = multiprocessing.get_context("spawn")
@@ -251,6 +280,9 @@ class ProcessWorker:
         return payload
 
     def _generate(self, request: ChunkRequest) -> ChunkResult:
+        lost = self._lost()
+        if lost is not None:  # found dead while idle: fail fast, the pool restarts it
+            raise WorkerDied(lost)
         frames_in = None
         if request.source_frames is not None:
             frames_in = self._frames_in.put(request.source_frames)
@@ -259,7 +291,7 @@ class ProcessWorker:
         try:
             self._conn.send((request, frames_in, frames_out))
         except (OSError, ValueError) as exc:
-            raise WorkerDied(f"{self.spec.name} worker process is gone ({_describe(exc)})") from None
+            raise WorkerDied(f"{self.spec.name} worker process is gone ({describe(exc)})") from None
         kind, payload = self._receive(None)
         if kind == "raised":
             raise GeneratorFailed(payload)
@@ -351,8 +383,10 @@ class GeneratorPool:
     """``workers`` instances of one generator serving chunk requests, earliest deadline first."""
 
     def __init__(self, spec: GeneratorSpec, workers: int = 1, mode: str = "thread", queue_limit: int = 8,
-                 clock=time.monotonic, cpu_slots: CpuSlots | None = None,
+                 clock=time.monotonic, cpu_slots: CpuSlots | None = None, group=None,
                  executor: concurrent.futures.Executor | None = None) -> None:
+        """``group``: a streaming.group.GroupLayout; the pool's one worker is then a process group.
+        ``executor``: where thread workers run (tests on a virtual clock run them inline)."""
         if mode not in WORKER_MODES:
             raise InputError(f"bad worker mode {mode!r}: accepted are {', '.join(WORKER_MODES)}")
         if workers < 1:
@@ -361,9 +395,15 @@ class GeneratorPool:
         self.mode = mode
         self._clock = clock
         self._cpu_slots = cpu_slots
-        # ``executor``: where thread workers run (tests on a virtual clock run them inline).
-        self._workers = [ThreadWorker(spec, executor) if mode == "thread" else ProcessWorker(spec)
-                         for _ in range(workers)]
+        if group is not None:
+            from streaming.group import GroupWorker  # it builds on this module
+
+            if workers != 1 or mode != "process":
+                raise InputError("a process group is one worker of its own: workers=1, mode=process")
+            self._workers = [GroupWorker(spec, group)]
+        else:
+            self._workers = [ThreadWorker(spec, executor) if mode == "thread" else ProcessWorker(spec)
+                             for _ in range(workers)]
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=queue_limit)
         self._order = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -378,6 +418,11 @@ class GeneratorPool:
     @property
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers if isinstance(w, ProcessWorker) and w.pid is not None]
+
+    @property
+    def rank_pids(self) -> list[int]:
+        """A group pool's rank processes, rank 0 first (empty for other pools)."""
+        return [pid for w in self._workers for pid in getattr(w, "pids", [])]
 
     async def start(self) -> GeneratorProfile:
         profiles = await asyncio.gather(*(w.start() for w in self._workers))

@@ -138,3 +138,14 @@ def make_tls_files(folder: str) -> dict[str, str]:
     run("x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
         "-CAcreateserial", "-out", paths["server.crt"], "-days", "2", "-extfile", paths["san.ext"])
     return paths
+
+
+async def next_event(control, seen: list[dict], match, timeout: float) -> dict:
+    """The first event (already seen or arriving within ``timeout``) that ``match``es; consumed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for event in seen:
+            if match(event):
+                seen.remove(event)
+                return event
+        seen.append(await control.next_event(timeout=max(0.01, deadline - time.monotonic())))

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 import server_fault_generators
-from _server_support import control_url, loopback_candidates, speech_48k, start_server
+from _server_support import control_url, loopback_candidates, next_event, speech_48k, start_server
 from client.control import ControlClient
 from client.webrtc import Publisher, SpeechTrack, Viewer
 from model.registry import GENERATORS
@@ -50,17 +50,6 @@ async def _wait_for(condition, timeout: float) -> bool:
     return condition()
 
 
-async def _event(control: ControlClient, seen: list[dict], match, timeout: float) -> dict:
-    """The first event (already seen or arriving within ``timeout``) that ``match``es; consumed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for event in seen:
-            if match(event):
-                seen.remove(event)
-                return event
-        seen.append(await control.next_event(timeout=max(0.01, deadline - time.monotonic())))
-
-
 @pytest.mark.slow
 async def test_viewer_vanishing_and_ingest_stopping_and_a_raising_generator(tmp_path, loopback, fault_registry):
     server = await start_server(str(tmp_path / "sources"), size="128x128")
@@ -88,9 +77,9 @@ async def test_viewer_vanishing_and_ingest_stopping_and_a_raising_generator(tmp_
             assert await _wait_for(lambda: len(session_a.viewers) == 1, 10), "vanished viewer not removed"
 
             seen: list[dict] = []
-            error = await _event(control, seen, lambda e: e["event"] == "error", 8)
+            error = await next_event(control, seen, lambda e: e["event"] == "error", 8)
             assert error["session"] == a["session"] and error["code"] == "generator_failed"
-            ended = await _event(control, seen, lambda e: e["event"] == "ended", 10)
+            ended = await next_event(control, seen, lambda e: e["event"] == "ended", 10)
             assert ended["session"] == b["session"] and ended["reason"] == "ingest_ended"
             # B played out what was captured (its delay later), then ended.
             assert time.monotonic() - stopped >= 4.2 - 1.0
@@ -104,7 +93,7 @@ async def test_viewer_vanishing_and_ingest_stopping_and_a_raising_generator(tmp_
             assert stats["chunks"]["failed"] == 1 and stats["state"] == "running" and stats["viewers"] == 1
             assert [s["session"] for s in (await control.request("sessions"))["sessions"]] == [a["session"]]
             await senders[0].close()  # DELETE ends A
-            ended = await _event(control, seen, lambda e: e["event"] == "ended" and e["session"] == a["session"], 5)
+            ended = await next_event(control, seen, lambda e: e["event"] == "ended" and e["session"] == a["session"], 5)
             assert ended["reason"] == "ingest_deleted"
             for viewer in viewers:
                 await viewer.close(delete=False)
@@ -123,13 +112,13 @@ async def test_a_dead_worker_process_hits_only_its_own_session(tmp_path):
             assert pools[a].worker_pids and pools[a].worker_pids != pools[b].worker_pids
             os.kill(pools[a].worker_pids[0], signal.SIGKILL)
             seen: list[dict] = []
-            died = await _event(control, seen, lambda e: e["event"] == "error", 10)
+            died = await next_event(control, seen, lambda e: e["event"] == "error", 10)
             assert died["session"] == a and died["code"] == "worker_died" and died["chunk"] == 0
             # Chunks come on the session clock even without speech: B's first is on time, and A's second
             # is generated again by the restarted worker.
-            await _event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == b
+            await next_event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == b
                          and e["chunk"] == 0 and e["status"] == "on_time", 10)
-            await _event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == a
+            await next_event(control, seen, lambda e: e["event"] == "chunk" and e["session"] == a
                          and e["chunk"] == 1 and e["status"] == "on_time", 10)
             assert not [e for e in seen if e["event"] == "error" and e["session"] == b]
             assert pools[a].restarts == 1 and pools[b].deaths == 0

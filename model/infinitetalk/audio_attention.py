@@ -9,10 +9,15 @@ Parameter names are the official ones (``q_linear``, ``kv_linear``, ``proj``); t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
+from torch.nn import functional as F
+
+RangeReducer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # Official L-RoPE layout (class_range=24, class_interval=4).
 CLASS_RANGE = 24
@@ -64,21 +69,22 @@ def reference_attention_map(query: torch.Tensor, key: torch.Tensor, token_masks:
     return total / groups
 
 
-def route_positions(attention_map: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, L]`` map -> per-token 1-D RoPE positions ``[B, L]`` (person 1 / person 2 / background)."""
+def route_positions(attention_map: torch.Tensor, global_range: RangeReducer | None = None) -> torch.Tensor:
+    """``[B, 3, L]`` map -> per-token 1-D RoPE positions ``[B, L]`` (person 1 / person 2 / background).
 
-    def rescale(row: torch.Tensor, span: tuple[float, float]) -> torch.Tensor:
-        low, high = row.min(), row.max()
-        return (row - low) / (high - low + 1e-8) * (span[1] - span[0]) + span[0]
-
-    routed = []
-    for item in attention_map:
-        person1 = rescale(item[0], PERSON1_SPAN)
-        person2 = rescale(item[1], PERSON2_SPAN)
-        background = torch.full_like(person1, BACKGROUND_POSITION)
-        candidates = torch.stack([person1, person2, background], dim=0)
-        routed.append(candidates.gather(0, item.argmax(dim=0, keepdim=True))[0])
-    return torch.stack(routed)
+    Each person's row is rescaled by its min and max over all tokens; with a sharded sequence
+    ``global_range`` turns this rank's ``[B, 2]`` minima and maxima into the whole sequence's."""
+    low, high = attention_map[:, :2].amin(-1), attention_map[:, :2].amax(-1)  # [B, 2]
+    if global_range is not None:
+        low, high = global_range(low, high)
+    low, high = low[..., None], high[..., None]
+    span_low = torch.tensor([PERSON1_SPAN[0], PERSON2_SPAN[0]], dtype=low.dtype, device=low.device)[:, None]
+    span = torch.tensor([PERSON1_SPAN[1] - PERSON1_SPAN[0], PERSON2_SPAN[1] - PERSON2_SPAN[0]],
+                        dtype=low.dtype, device=low.device)[:, None]
+    persons = (attention_map[:, :2] - low) / (high - low + 1e-8) * span + span_low  # [B, 2, L]
+    background = torch.full_like(persons[:, :1], BACKGROUND_POSITION)
+    candidates = torch.cat([persons, background], dim=1)
+    return candidates.gather(1, attention_map.argmax(dim=1, keepdim=True))[:, 0]
 
 
 def audio_key_positions(tokens_per_frame: int, device: torch.device) -> torch.Tensor:
@@ -96,11 +102,18 @@ class AudioAttnProcessor:
     _parallel_config = None
 
     def __call__(self, attn: "AudioCrossAttention", hidden_states: torch.Tensor, audio_tokens: torch.Tensor,
-                 query_positions: torch.Tensor | None = None) -> torch.Tensor:
+                 query_positions: torch.Tensor | None = None, shard=None) -> torch.Tensor:
         batch, length, channels = hidden_states.shape
+        query = attn.q_linear(hidden_states)
+        if shard is not None:  # a rank's slice, padded out to the whole latent frames it touches
+            pad = (shard.pad_before, shard.pad_after)
+            query = F.pad(query, (0, 0, *pad))
+            audio_tokens = audio_tokens[:, shard.first_frame : shard.first_frame + shard.frames]
+            if query_positions is not None:
+                query_positions = F.pad(query_positions, pad)
         frames, tokens = audio_tokens.shape[1:3]
-        per_frame = length // frames
-        query = attn.q_linear(hidden_states).view(batch, frames, per_frame, attn.heads, -1)
+        per_frame = query.shape[1] // frames
+        query = query.view(batch, frames, per_frame, attn.heads, -1)
         key_value = attn.kv_linear(audio_tokens).view(batch, frames, tokens, 2, attn.heads, -1)
         key, value = key_value.unbind(3)
         if query_positions is not None:
@@ -110,8 +123,10 @@ class AudioAttnProcessor:
             key_pos = audio_key_positions(tokens, hidden_states.device)
             key = rope_1d(key.transpose(2, 3), key_pos).transpose(2, 3)
         out = dispatch_attention_fn(query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1),
-                                    backend=self._attention_backend)
-        return attn.proj(out.reshape(batch, length, channels))
+                                    backend=self._attention_backend).reshape(batch, frames * per_frame, channels)
+        if shard is not None:
+            out = out[:, shard.pad_before : shard.pad_before + length]
+        return attn.proj(out)
 
 
 class AudioCrossAttention(nn.Module, AttentionModuleMixin):
@@ -128,7 +143,8 @@ class AudioCrossAttention(nn.Module, AttentionModuleMixin):
         self.set_processor(AudioAttnProcessor())
 
     def forward(self, hidden_states: torch.Tensor, audio_tokens: torch.Tensor,
-                query_positions: torch.Tensor | None = None) -> torch.Tensor:
+                query_positions: torch.Tensor | None = None, shard=None) -> torch.Tensor:
         """``hidden_states [B, T*S, dim]``, ``audio_tokens [B, T, N_a, audio_dim]``, optional per-token
-        positions ``[B, T*S]`` (two persons) -> ``[B, T*S, dim]``."""
-        return self.processor(self, hidden_states, audio_tokens, query_positions)
+        positions ``[B, T*S]`` (two persons) -> ``[B, T*S, dim]``. With a ``shard`` (parallel.TokenShard)
+        ``hidden_states`` and ``query_positions`` hold only that rank's tokens."""
+        return self.processor(self, hidden_states, audio_tokens, query_positions, shard)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 PARTS = ("dit", "encoders", "pipeline")
+PrepareDit = Callable[[torch.nn.Module], object]  # e.g. shards the freshly loaded DiT over the ranks
 
 
 @dataclasses.dataclass
@@ -85,11 +86,12 @@ def find_sets(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and any((p / part).is_dir() for part in PARTS))
 
 
-def run_set(set_dir: Path, report: Report) -> None:
+def run_set(set_dir: Path, report: Report, prepare_dit: PrepareDit | None = None,
+            parts: tuple[str, ...] = PARTS) -> None:
     from model.infinitetalk import conformance_dit, conformance_encoders, conformance_pipeline
 
     runners = {"dit": conformance_dit.run, "encoders": conformance_encoders.run, "pipeline": conformance_pipeline.run}
-    for part in PARTS:
+    for part in parts:
         part_dir = set_dir / part
         label = f"{set_dir.name}/{part}"
         if not (part_dir / "config.json").is_file():
@@ -97,13 +99,17 @@ def run_set(set_dir: Path, report: Report) -> None:
             continue
         try:
             with torch.no_grad():
-                runners[part](part_dir, label, report)
+                if part == "encoders":
+                    runners[part](part_dir, label, report)
+                else:
+                    runners[part](part_dir, label, report, prepare_dit)
         except Exception as exc:  # one broken part must not hide the others' results
             report.error(label, exc)
             traceback.print_exc(file=sys.stderr)
 
 
-def run(root: str | Path, write: Callable[[str], None] = print) -> Report:
+def run(root: str | Path, write: Callable[[str], None] = print, prepare_dit: PrepareDit | None = None,
+        parts: tuple[str, ...] = PARTS) -> Report:
     root = Path(root)
     report = Report(write)
     sets = find_sets(root) if root.is_dir() else []
@@ -113,7 +119,7 @@ def run(root: str | Path, write: Callable[[str], None] = print) -> Report:
         raise InputError(f"no conformance fixture set in {root}: expected a folder with dit/, encoders/ or "
                          "pipeline/ (or folders of such sets)")
     for set_dir in sets:
-        run_set(set_dir, report)
+        run_set(set_dir, report, prepare_dit, parts)
     failed = len(report.failures)
     write(f"conformance: {len(report.cases)} cases in {len(sets)} set(s), {failed} failed")
     return report

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from model.infinitetalk.conformance import Report, read_json
+from model.infinitetalk.conformance import PrepareDit, Report, read_json
 from model.infinitetalk.loading import build_transformer
 
 TOLERANCE = 1e-4  # README: "max |diff| <= 1e-5 expected; suggested assert atol=1e-4"
@@ -29,9 +29,19 @@ def official_forward(model, inputs: dict):
                  inputs["ref_target_masks"])[0]
 
 
-def run(dit_dir: Path, label: str, report: Report) -> None:
+def whole_sequence(model, tokens, x):
+    """A block's output ``[B, n, C]``: on a sharded DiT each rank holds its slice, gathered here."""
+    if model._sequence_parallel is None:
+        return tokens
+    frame_tokens = (x.shape[2] // 2) * (x.shape[3] // 2)
+    return model._sequence_parallel.layout(x.shape[1] * frame_tokens, frame_tokens).gather(tokens)
+
+
+def run(dit_dir: Path, label: str, report: Report, prepare_dit: PrepareDit | None = None) -> None:
     config = read_json(dit_dir / "config.json")
     model = load_transformer(dit_dir)
+    if prepare_dit is not None:
+        prepare_dit(model)
     for case in config["cases"]:
         inputs = load_file(dit_dir / f"{case}_inputs.safetensors")
         expected = load_file(dit_dir / f"{case}_output.safetensors")["out"]
@@ -54,4 +64,5 @@ def run(dit_dir: Path, label: str, report: Report) -> None:
                 tokens = model.audio_proj(*split_audio_window(audio, model.config.vae_scale))
                 report.compare(f"{label}/{case}/audio_proj", tokens, intermediates["audio_proj"], TOLERANCE)
             for name in sorted(k for k in intermediates if k.startswith("blocks.")):
-                report.compare(f"{label}/{case}/{name}", captured[name], intermediates[name], TOLERANCE)
+                block_out = whole_sequence(model, captured[name], inputs["x"])
+                report.compare(f"{label}/{case}/{name}", block_out, intermediates[name], TOLERANCE)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from model.infinitetalk.audio_features import mirror_padding, pad_mirrored, window_index
 from model.infinitetalk.color_transfer import match_colors
-from model.infinitetalk.conformance import Report, file_reference, read_json
+from model.infinitetalk.conformance import PrepareDit, Report, file_reference, read_json
 from model.infinitetalk.conformance_encoders import clip_from_config, vae_from_config
 from model.infinitetalk.loading import build_transformer
 from model.infinitetalk.person_masks import latent_person_masks
@@ -164,11 +164,13 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return np.clip(frames * 255, 0, 255).astype(np.uint8)
 
 
-def run(part_dir: Path, label: str, report: Report) -> None:
+def run(part_dir: Path, label: str, report: Report, prepare_dit: PrepareDit | None = None) -> None:
     fx = load_fixture(part_dir)
     trace = read_json(part_dir / "trace.json")
     stored = load_file(part_dir / "trace_tensors.safetensors")
     pipeline = load_pipeline(part_dir, fx.config)
+    if prepare_dit is not None:
+        prepare_dit(pipeline.transformer)
     teacher_forced(pipeline, fx, trace, stored, f"{label}/teacher", report)
     free_running(pipeline, fx, trace, stored, part_dir, f"{label}/free", report)
 

@@ -30,6 +30,8 @@ from model.infinitetalk.components import Components, load_components
 from model.infinitetalk.layout import WeightsLayout
 from model.infinitetalk.live_tiers import declare_ladder
 from model.infinitetalk.lora import DEFAULT_SCALE, merge_lora
+from model.infinitetalk.parallel import MODES as PARALLEL_MODES
+from model.infinitetalk.parallel import shard_transformer
 from model.infinitetalk.person_masks import boxes_from_faces, latent_person_masks
 from model.infinitetalk.pipeline import ChunkConditions, ChunkPipeline, SamplingSettings
 from model.infinitetalk.sampler import Guidance
@@ -66,6 +68,10 @@ class InfiniteTalkOptions:
     audio_context: float = 8.0  # seconds of speech before the window the features see
     audio_lookahead: float = 1.0  # seconds after it (adds to live latency)
     color_correction: float = 1.0  # the official CLI default
+    # With torch.distributed initialised over more than one rank, the DiT's tokens are split over all
+    # ranks (each holds full weights; every rank must generate the same requests): ulysses | ring | hybrid
+    # (ulysses falls back to ulysses x ring when the head count does not divide; model/infinitetalk/parallel.py).
+    parallel_mode: str = "ulysses"
 
 
 class InfiniteTalkGenerator:
@@ -239,6 +245,8 @@ def build_generator(**options) -> InfiniteTalkGenerator:
     dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     if dtype_name not in DTYPES:
         raise InputError(f"bad dtype {dtype_name!r}: accepted are {', '.join(DTYPES)}")
+    if opts.parallel_mode not in PARALLEL_MODES:
+        raise InputError(f"bad parallel_mode {opts.parallel_mode!r}: accepted are {', '.join(PARALLEL_MODES)}")
     if opts.sdedit is not None and not 0 < opts.sdedit <= 1:
         raise InputError(f"bad SDEdit level {opts.sdedit}: accepted is a number in (0, 1]")
     layout = WeightsLayout.find(opts.weights, opts.speakers)
@@ -251,4 +259,10 @@ def build_generator(**options) -> InfiniteTalkGenerator:
         for path, scale in zip(opts.lora, scales):
             merge_lora(transformer, path, scale)
     place_transformer(transformer, device, opts.fp8, opts.offload, opts.compile, opts.attention)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        try:
+            shard_transformer(transformer, opts.parallel_mode)
+        except ValueError as exc:
+            raise InputError(f"cannot shard the DiT: {exc}") from None
     return InfiniteTalkGenerator(components, opts, device)

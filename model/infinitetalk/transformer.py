@@ -46,19 +46,23 @@ class SelfAttnProcessor:
     _parallel_config = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
-                 reference_masks: torch.Tensor | None = None):
+                 reference_masks: torch.Tensor | None = None, shard=None):
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
         query = apply_rotary(query, *rotary_emb)
         key = apply_rotary(key, *rotary_emb)
-        out = dispatch_attention_fn(query, key, value, backend=self._attention_backend,
-                                    parallel_config=self._parallel_config)
+        if shard is None:
+            out = dispatch_attention_fn(query, key, value, backend=self._attention_backend,
+                                        parallel_config=self._parallel_config)
+        else:  # this rank's tokens (model/infinitetalk/parallel.py)
+            out = shard.attention(query, key, value, self._attention_backend)
         out = attn.to_out[0](out.flatten(2, 3).type_as(query))
         if reference_masks is None:
             return out
-        return out, reference_attention_map(query, key, reference_masks)
+        reference_keys = key if shard is None else shard.reference_keys(key)
+        return out, reference_attention_map(query, reference_keys, reference_masks)
 
 
 class ImageTextCrossAttnProcessor:
@@ -95,22 +99,23 @@ class InfiniteTalkBlock(WanTransformerBlock):
         self.norm_x = FP32LayerNorm(dim, eps, elementwise_affine=True) if norm_input_visual else nn.Identity()
 
     def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb, audio_tokens,
-                reference_masks: torch.Tensor | None = None):
+                reference_masks: torch.Tensor | None = None, shard=None):
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table + temb.float()).chunk(6, dim=1)
         # 1. self-attention (and, for two speakers, the reference attention map)
         normed = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
-        attn_output = self.attn1(normed, None, None, rotary_emb, reference_masks=reference_masks)
+        attn_output = self.attn1(normed, None, None, rotary_emb, reference_masks=reference_masks, shard=shard)
         positions = None
         if reference_masks is not None:
             attn_output, attention_map = attn_output
-            positions = route_positions(attention_map)
+            positions = route_positions(attention_map, None if shard is None else shard.global_range)
         hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
         # 2. text + image cross-attention
         normed = self.norm2(hidden_states.float()).type_as(hidden_states)
         hidden_states = hidden_states + self.attn2(normed, encoder_hidden_states, None, None)
         # 3. audio cross-attention (no gate, no modulation)
-        hidden_states = hidden_states + self.audio_cross_attn(self.norm_x(hidden_states), audio_tokens, positions)
+        hidden_states = hidden_states + self.audio_cross_attn(self.norm_x(hidden_states), audio_tokens, positions,
+                                                              shard)
         # 4. feed-forward
         normed = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
         ff_output = self.ffn(normed)
@@ -136,6 +141,7 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
     _repeated_blocks = ["InfiniteTalkBlock"]
     # The head and the audio LayerNorm are computed in fp32 as the official code does.
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm", "proj_out"]
+    _sequence_parallel = None  # set by parallel.shard_transformer: this rank runs its slice of the tokens
 
     @register_to_config
     def __init__(self, patch_size: tuple[int, ...] = (1, 2, 2), num_attention_heads: int = 40,
@@ -191,6 +197,11 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         grid = (frames // p_t, height // p_h, width // p_w)
         rotary_emb = self.rope(x)
         x = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
+        shard = None
+        if self._sequence_parallel is not None:  # from here to the head, this rank's tokens only
+            shard = self._sequence_parallel.layout(x.shape[1], grid[1] * grid[2])
+            x = shard.split(x)
+            rotary_emb = tuple(shard.split(table) for table in rotary_emb)
 
         embedder = self.condition_embedder
         sinusoid = time_sinusoid(self.config.freq_dim, timestep.reshape(-1)).float()
@@ -220,13 +231,15 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         else:
             start = x
             for block in self.blocks:
-                x = block(x, context, timestep_proj, rotary_emb, audio_tokens, token_masks)
+                x = block(x, context, timestep_proj, rotary_emb, audio_tokens, token_masks, shard)
             if teacache is not None:
                 teacache.store(teacache_branch, x - start)
 
         shift, scale = (self.scale_shift_table.float() + temb.unsqueeze(1)).chunk(2, dim=1)
         x = self.norm_out(x.float()) * (1 + scale) + shift
         x = _linear_fp32(self.proj_out, x)
+        if shard is not None:
+            x = shard.gather(x)
         x = x.reshape(batch, *grid, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         output = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return (output,) if not return_dict else {"sample": output}
