@@ -146,7 +146,7 @@ async def test_a_finished_speech_file_ends_its_session_once_played_out(tmp_path,
             seen: list[dict] = []
             reasons = {}
             for _ in range(2):
-                event = await _event(control, seen, lambda e: e["event"] == "ended", 10)
+                event = await next_event(control, seen, lambda e: e["event"] == "ended", 10)
                 reasons[event["session"]] = event["reason"]
             assert reasons == {c["session"]: "ingest_ended", d["session"]: "ingest_ended"}
             assert time.monotonic() - ended_input >= 4.2 - 1.5  # played out a delay later, not cut
