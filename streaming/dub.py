@@ -81,6 +81,8 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
         with Mp4Writer(output_path, source.size, audio=speech[: total_frames * AUDIO_RATE // FPS]) as writer:
             for chunk in plan.chunks(total_frames):
                 request = engine.request(chunk.index, track, audio_end_frame=total_frames)
+                if plan.is_needed(chunk.index + 1, total_frames):  # prepared beside this chunk's critical path
+                    engine.prefetch(chunk.index + 1, track, audio_end_frame=total_frames)
                 result = generator.generate(request)
                 frames = engine.accept(request, result)
                 keep = plan.output_range(chunk.index, total_frames)
