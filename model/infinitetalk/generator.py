@@ -55,6 +55,11 @@ class PreparedRequest:
     settings: SamplingSettings
     chunk: PreparedChunk
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Device tensors the critical stage reads (to hand over from a side stream)."""
+        extra = [self.conditions.color_reference, self.conditions.audio]
+        return self.chunk.tensors() + [t for t in extra if t is not None]
+
 
 @dataclasses.dataclass
 class HeldChunk:
@@ -180,7 +185,7 @@ class InfiniteTalkGenerator:
         if key_and_future is not None:
             prepared = key_and_future[1].result()  # wait for it even when unused: one prepare at a time
             if key_and_future[0] == key:
-                hand_over(prepared.chunk.tensors())
+                hand_over(prepared.tensors())
                 return prepared
         return self._prepare(request, self.pipeline)
 
@@ -262,7 +267,7 @@ class InfiniteTalkGenerator:
         if (latent is not None and index == request.index and key == request_key(request, self.options.sdedit is not None)
                 and request.num_context and count == latent_count(request.num_context)
                 and self._continues_held(request, prepared.size)):
-            hand_over([latent])
+            hand_over([latent, *prepared.tensors()])
             return latent, prepared
         return None, None
 
