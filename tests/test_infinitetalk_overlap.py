@@ -94,6 +94,7 @@ def test_next_chunk_is_prepared_while_this_chunk_runs_and_results_are_unchanged(
     observer = Observer(hold=("dit_start", 0), until=("prepare_end", 1))
     sequential_and_overlapped(generator, "frames", observer)
     assert observer.position("prepare_start", 1) < observer.position("dit_end", 0)
+    assert observer.events.count(("dit_start", 1)) == 1
     # chunk 1's critical stage did not prepare again: exactly one prepare per chunk
     assert sorted(e for e in observer.events if e[0] == "prepare_start") == [("prepare_start", 0), ("prepare_start", 1)]
     # the official motion path re-encodes the context frames on the critical path
@@ -105,6 +106,7 @@ def test_latent_motion_runs_the_next_dit_beside_this_decode(generator):
     plain = sequential_and_overlapped(generator, "latents", observer)
     assert observer.position("dit_start", 1) < observer.position("decode_end", 0)
     assert ("motion_start", 1) not in observer.events  # no decode-then-encode round trip
+    assert observer.events.count(("dit_start", 1)) == 1  # the DiT run ahead was the one used
     official = run_chain(with_mode(generator, "frames"))
     assert np.array_equal(official[0], plain[0])  # the first chunk has no motion from before
     assert not np.array_equal(official[1], plain[1])  # the deviation changes what follows

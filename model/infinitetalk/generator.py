@@ -35,7 +35,6 @@ from streaming.errors import InputError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LARGE_AREA = 600_000  # pixels: above it the official 720 setting (shift 11), else the 480 one (shift 7)
-OFFICIAL_MOTION_FRAMES = 9  # the official --motion_frame: context frames carried between chunks
 MAX_CONTEXT = 32  # output frames kept to recognise the next request's context as this generator's own
 MOTION_SOURCES = ("frames", "latents")
 
@@ -117,7 +116,7 @@ class InfiniteTalkGenerator:
         self._side: SideWorker | None = None  # prepares prefetched chunks
         self._side_pipeline: ChunkPipeline | None = None
         self._dit: SideWorker | None = None  # runs a next chunk's DiT ahead (motion_source=latents)
-        self._prefetched: dict[int, tuple] = {}  # index -> (request key, future of PreparedRequest)
+        self._prefetched: dict[int, tuple] = {}  # index -> (request key, future of PreparedRequest, request)
         self._speculation: tuple | None = None
         self._held: HeldChunk | None = None
         self.pipeline = ChunkPipeline(components.transformer, components.vae, components.clip, device)
@@ -156,7 +155,7 @@ class InfiniteTalkGenerator:
         for index in [i for i in self._prefetched if i < request.index - 1]:
             del self._prefetched[index]
         key = request_key(request, self.options.sdedit is not None)
-        self._prefetched[request.index] = (key, self._side.submit(self._prepare, request, self._side_pipeline))
+        self._prefetched[request.index] = (key, self._side.submit(self._prepare, request, self._side_pipeline), request)
 
     def _prepare(self, request: ChunkRequest, pipeline: ChunkPipeline) -> PreparedRequest:
         height, width = request.size
@@ -181,10 +180,10 @@ class InfiniteTalkGenerator:
 
     def _take_prepared(self, request: ChunkRequest) -> PreparedRequest:
         key = request_key(request, self.options.sdedit is not None)
-        key_and_future = self._prefetched.pop(request.index, None)
-        if key_and_future is not None:
-            prepared = key_and_future[1].result()  # wait for it even when unused: one prepare at a time
-            if key_and_future[0] == key:
+        entry = self._prefetched.pop(request.index, None)
+        if entry is not None:
+            prepared = entry[1].result()  # wait for it even when unused: one prepare at a time
+            if entry[0] == key:
                 hand_over(prepared.tensors())
                 return prepared
         return self._prepare(request, self.pipeline)
@@ -210,7 +209,7 @@ class InfiniteTalkGenerator:
             video = F.interpolate(video.permute(0, 3, 1, 2), size=request.size, mode="bilinear",
                                   align_corners=False).permute(0, 2, 3, 1)
         frames = ((video + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()  # official truncation
-        self._held = HeldChunk(request.index, size, latent, frames[-MAX_CONTEXT:])
+        self._held = HeldChunk(request.index, size, latent, frames[-MAX_CONTEXT:].copy())
         settings = prepared.settings
         info = {"steps": settings.steps, "passes": len(settings.guidance.branches), "shift": settings.shift}
         if size != request.size:
@@ -239,12 +238,16 @@ class InfiniteTalkGenerator:
     def _speculate(self, request: ChunkRequest, latent: torch.Tensor) -> None:
         """motion_source=latents: the next chunk needs only this chunk's latents, so when it is prefetched
         its DiT starts now, on the DiT worker, while this chunk decodes."""
-        entry = self._prefetched.pop(request.index + 1, None)
+        entry = self._prefetched.get(request.index + 1)
         if entry is None:
             return
+        overlap = request.start_frame + request.num_frames - entry[2].start_frame  # the next chunk's context
+        if not 0 < overlap <= min(request.num_new, MAX_CONTEXT):  # not a context this chunk's output gives
+            return
+        del self._prefetched[request.index + 1]
         if self._dit is None:
             self._dit = SideWorker("infinitetalk-dit", self.device)
-        count = latent_count(request.num_context or OFFICIAL_MOTION_FRAMES)
+        count = latent_count(overlap)
         motion = latent[:, :, -count:].clone()
 
         def run() -> tuple[PreparedRequest, torch.Tensor | None]:
