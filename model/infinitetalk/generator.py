@@ -12,6 +12,7 @@ choice), not source frame 0; wav2vec2 sees a window, not the whole file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 
@@ -147,9 +148,7 @@ class InfiniteTalkGenerator:
         """Start preparing ``request`` (normally the next chunk, without its context frames) on the side
         worker; ``generate`` picks the result up when the same request comes (else prepares again)."""
         if self._side is None:
-            import copy
-
-            self._side = SideWorker("infinitetalk-prepare", self.vae_device)
+            self._side = SideWorker("infinitetalk-prepare", self.device, self.vae_device)
             # its own VAE instance: diffusers' VAE keeps its causal cache on the module
             self._side_pipeline = self.pipeline.with_vae(WanVae(copy.deepcopy(self.components.vae.model)))
         for index in [i for i in self._prefetched if i < request.index - 1]:

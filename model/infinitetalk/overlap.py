@@ -25,25 +25,26 @@ Events = Callable[[str, int], None]
 
 
 class SideWorker:
-    """Runs jobs one at a time on its own thread. On CUDA each job runs on the worker's own stream, after
-    the work the submitting thread had queued on its stream, and is finished (synchronised) before its
-    result is handed back, so the result can be read on any stream."""
+    """Runs jobs one at a time on its own thread. On CUDA each job runs on the worker's own stream of each
+    device it uses, after the work the submitting thread had queued there, and is finished (synchronised)
+    before its result is handed back, so the result can be read on any stream."""
 
-    def __init__(self, name: str, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, name: str, *devices: torch.device) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        cuda = {torch.device(d).index or 0 for d in devices if torch.device(d).type == "cuda"}
+        self._streams = [torch.cuda.Stream(torch.device("cuda", i)) for i in sorted(cuda)]
 
     def submit(self, job: Callable[..., T], *args) -> concurrent.futures.Future:
-        producer = torch.cuda.current_stream(self.device) if self._stream is not None else None
+        producers = [torch.cuda.current_stream(stream.device) for stream in self._streams]
 
         def run() -> T:
-            if self._stream is None:
-                return job(*args)
-            self._stream.wait_stream(producer)
-            with torch.cuda.stream(self._stream):
+            with contextlib.ExitStack() as streams:
+                for stream, producer in zip(self._streams, producers):
+                    stream.wait_stream(producer)
+                    streams.enter_context(torch.cuda.stream(stream))
                 result = job(*args)
-            self._stream.synchronize()
+            for stream in self._streams:
+                stream.synchronize()
             return result
 
         return self._pool.submit(run)
