@@ -79,6 +79,7 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     written = 0
     try:
         with Mp4Writer(output_path, source.size, audio=speech[: total_frames * AUDIO_RATE // FPS]) as writer:
+            engine.prefetch(0, track, audio_end_frame=total_frames)  # a generator that prepares ahead starts now
             for chunk in plan.chunks(total_frames):
                 request = engine.request(chunk.index, track, audio_end_frame=total_frames)
                 if plan.is_needed(chunk.index + 1, total_frames):  # prepared beside this chunk's critical path

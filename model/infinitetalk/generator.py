@@ -185,7 +185,13 @@ class InfiniteTalkGenerator:
             if entry[0] == key:
                 hand_over(prepared.tensors())
                 return prepared
-        return self._prepare(request, self.pipeline)
+        if self._side is None:
+            return self._prepare(request, self.pipeline)
+        # on the side worker too: two prepares at once would share wav2vec2's resampling hook and the
+        # audio projection's casting hooks
+        prepared = self._side.submit(self._prepare, request, self._side_pipeline).result()
+        hand_over(prepared.tensors())
+        return prepared
 
     # -- the critical path: motion latents, DiT steps, decode ------------------------------------------
     @torch.no_grad()
