@@ -96,8 +96,11 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     written = 0
     try:
         with Mp4Writer(output_path, source.size, audio=heard[: total_frames * AUDIO_RATE // FPS]) as writer:
+            engine.prefetch(0, track, audio_end_frame=total_frames, second_audio=second_track)  # a generator that prepares ahead starts now
             for chunk in plan.chunks(total_frames):
                 request = engine.request(chunk.index, track, audio_end_frame=total_frames, second_audio=second_track)
+                if plan.is_needed(chunk.index + 1, total_frames):  # prepared beside this chunk's critical path
+                    engine.prefetch(chunk.index + 1, track, audio_end_frame=total_frames, second_audio=second_track)
                 result = generator.generate(request)
                 frames = engine.accept(request, result)
                 keep = plan.output_range(chunk.index, total_frames)

@@ -74,14 +74,29 @@ class ChunkEngine:
     def request(self, index: int, audio: AudioBuffer, audio_end_frame: int | None = None,
                 tier: Tier = Tier(), second_audio: AudioBuffer | None = None) -> ChunkRequest:
         """Chunk ``index``'s request; with ``second_audio``, a two-speaker request (speaker 2's speech)."""
+        context = self._context if index > 0 else None
+        if index > 0 and context is None:
+            raise RuntimeError(f"chunk {index} requested before chunk {index - 1} was accepted")
+        return self._request(index, audio, audio_end_frame, tier, context, second_audio)
+
+    def prefetch(self, index: int, audio: AudioBuffer, audio_end_frame: int | None = None,
+                 tier: Tier = Tier(), second_audio: AudioBuffer | None = None) -> bool:
+        """Hand chunk ``index``'s request, without its context frames (they do not exist yet), to a
+        generator that prepares ahead (an optional ``prefetch`` method); whether it had one. The
+        generator uses the preparation when the same request comes with its context."""
+        prefetch = getattr(self.generator, "prefetch", None)
+        if prefetch is None:
+            return False
+        prefetch(self._request(index, audio, audio_end_frame, tier, None, second_audio))
+        return True
+
+    def _request(self, index: int, audio: AudioBuffer, audio_end_frame: int | None, tier: Tier,
+                 context: np.ndarray | None, second_audio: AudioBuffer | None) -> ChunkRequest:
         chunk = self.plan.chunk(index)
         first, last, offset = self.plan.audio_span(chunk, self.generator.audio_margins)
         reference_index = self.reference_index(chunk)
         reference = self.source.frame(reference_index)
         window = None if self.source.is_still else self.source.frames(chunk.start_frame, chunk.num_frames)
-        context = self._context if index > 0 else None
-        if index > 0 and context is None:
-            raise RuntimeError(f"chunk {index} requested before chunk {index - 1} was accepted")
         return ChunkRequest(
             index=index, start_frame=chunk.start_frame, num_frames=chunk.num_frames,
             audio=audio.read(first, last), audio_offset=offset,

@@ -22,7 +22,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("options", [{}, {"fp8": True}, {"batch_cfg": True}, {"offload": True},
-                                     {"attention": "native"}, {"compile": True}])
+                                     {"attention": "native"}, {"compile": True}, {"motion_source": "latents"}])
 def test_generator_on_cuda(tmp_path, options):
     from model.infinitetalk.generator import build_generator
 
@@ -36,13 +36,45 @@ def test_generator_on_cuda(tmp_path, options):
     assert np.array_equal(result.frames, generator.generate(request).frames)
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("motion_source", ["frames", "latents"])
+def test_prefetch_on_cuda_streams_equals_the_sequential_chain(tmp_path, motion_source):
+    """The side worker's own CUDA stream (prepare) and the DiT worker's (latents) change no result."""
+    from test_infinitetalk_overlap import run_chain, with_mode
+
+    from model.infinitetalk.generator import build_generator
+
+    generator = build_generator(weights=str(write_weights(tmp_path / "w")), device="cuda", steps=2,
+                                audio_context=1.0, audio_lookahead=0.2)
+    try:
+        plain = run_chain(with_mode(generator, motion_source), chunks=3)
+        overlapped = run_chain(with_mode(generator, motion_source), chunks=3, prefetch=True)
+    finally:
+        generator.close()
+    for a, b in zip(plain, overlapped):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.slow
-def test_gpu_bench_script_smoke_on_cpu():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "bench/bench_infinitetalk_gpu.py", "--smoke", "--configs", "4:1",
-                             "--dtypes", "fp8"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+def test_gpu_bench_script_smoke_on_cpu(tmp_path):
+    """The benchmark's code path on tiny models on the CPU, and the planner's calibration file it writes."""
+    import json
+
+    calibration = tmp_path / "calibration.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LIVEDUB_CALIBRATION": str(tmp_path / "default.json")}
+    result = subprocess.run([sys.executable, "bench/bench_infinitetalk_gpu.py", "--smoke", "--tiers", "4:1",
+                             "--dtypes", "fp8-compute", "--calibration", str(calibration)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "smoke fp8 4:1:" in result.stdout
+    assert "stage seconds: wav2vec2" in result.stdout and "fp8-compute     4:1" in result.stdout
+    record = json.loads(calibration.read_text())
+    assert set(record) == {"version", "gpu_name", "dtype", "width", "height", "frames", "seconds", "measured_at"}
+    assert (record["version"], record["dtype"], record["width"], record["height"], record["frames"]) == (1, "fp8", 64, 64, 17)
+    assert set(record["seconds"]) == {"dit_forward", "vae_decode", "vae_encode", "clip", "wav2vec2"}
+    assert all(isinstance(v, float) and v > 0 for v in record["seconds"].values())
+    assert record["gpu_name"] and record["measured_at"].startswith("20")
+    assert not (tmp_path / "default.json").exists()  # a given path wins over $LIVEDUB_CALIBRATION
     if not torch.cuda.is_available():
         plain = subprocess.run([sys.executable, "bench/bench_infinitetalk_gpu.py"], capture_output=True, text=True,
                                env=env, cwd=ROOT, timeout=120)

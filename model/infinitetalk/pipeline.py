@@ -65,6 +65,25 @@ class ChunkConditions:
         return self.audio.shape[1]
 
 
+@dataclasses.dataclass
+class PreparedChunk:
+    """A chunk's inputs that do not depend on the previous chunk, on the DiT's device (``ChunkPipeline.prepare``)."""
+
+    latent: torch.Tensor  # [1, 16, T, h, w] the starting latent: the noise (or the noised source, SDEdit)
+    y: torch.Tensor  # [1, 20, T, h, w] mask + VAE latents of [reference, zeros]
+    clip_tokens: torch.Tensor  # [1, 257, 1280]
+    audio_tokens: torch.Tensor  # [persons, T', 32, C]
+    null_audio_tokens: torch.Tensor  # the unconditional (zeros, one person) tokens
+    masks: torch.Tensor  # [3, h, w] person masks
+    timesteps: torch.Tensor  # [steps + 1] shifted
+    start: int  # first step (> 0 with SDEdit)
+    generator: torch.Generator  # the chunk's RNG, for the official discarded motion-noise draws
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.latent, self.y, self.clip_tokens, self.audio_tokens, self.null_audio_tokens, self.masks,
+                self.timesteps]
+
+
 def first_latent_mask(frames: int, height: int, width: int, device=None) -> torch.Tensor:
     """``[1, 4, T, h, w]``: pixel frame 4t+c in channel c of latent t (frame 0 repeated 4 times); only
     latent 0 is marked known, in every chunk (the motion latents are not marked)."""
@@ -92,14 +111,19 @@ class ChunkPipeline:
         reference = reference.to(self.device, torch.float32)
         _, _, _, height, width = reference.shape
         video = torch.cat([reference, reference.new_zeros(1, 3, frames - 1, height, width)], dim=2)
-        latents = self.vae.encode(video)
+        latents = self.vae.encode(video).to(self.device)  # the VAE may live on its own device
         mask = first_latent_mask(frames, latents.shape[-2], latents.shape[-1], self.device)
         result = torch.cat([mask, latents], dim=1), self.clip(reference)
         self._condition_memo = (key, result)
         return result
 
     def motion_latents(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(frames.to(self.device, torch.float32))
+        return self.vae.encode(frames.to(self.device, torch.float32)).to(self.device)
+
+    def with_vae(self, vae: WanVae) -> "ChunkPipeline":
+        """A sibling sharing the DiT and CLIP but with another VAE instance (the diffusers VAE keeps its
+        causal cache on the module, so two threads cannot share one)."""
+        return ChunkPipeline(self.transformer, vae, self.clip, self.device)
 
     def audio_tokens(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(audio tokens, the unconditional tokens: zeros for one person, as the official CFG builds them)."""
@@ -137,11 +161,13 @@ class ChunkPipeline:
             result.update(zip(names, run(tuple(names))))
         return {name: result[name] for name in branches}
 
-    # -- the chunk ---------------------------------------------------------------------------------
+    # -- the chunk: a prepare stage (nothing from the previous chunk) and a critical stage -----------
     @torch.no_grad()
-    def generate(self, inputs: ChunkConditions, settings: SamplingSettings, generator: torch.Generator,
-                 trace: Trace | None = None) -> torch.Tensor:
-        """Frames ``[F, H, W, 3]`` in [-1, 1] (decoded, clamped, colour-corrected), on the device."""
+    def prepare(self, inputs: ChunkConditions, settings: SamplingSettings, generator: torch.Generator,
+                trace: Trace | None = None) -> PreparedChunk:
+        """Everything of a chunk that does not depend on the previous chunk's output: the noise, the
+        reference conditions (VAE + CLIP), the audio tokens, the person masks and the SDEdit start. Its
+        ``motion_frames`` are ignored, so it can run for chunk k+1 while chunk k is still being made."""
         record = trace or (lambda name, value: None)
         frames = inputs.num_frames
         _, _, _, height, width = inputs.reference.shape
@@ -149,39 +175,51 @@ class ChunkPipeline:
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
         record("noise", noise)
         noise = noise.to(self.device, copy=True)[None]
-
         y, clip_tokens = self.condition(inputs.reference, frames)
         record("y", y)
         record("clip_fea", clip_tokens)
-        first_chunk = inputs.motion_frames is None
-        motion = y[:, 4:, :1] if first_chunk else self.motion_latents(inputs.motion_frames)
-        record("motion_latent", motion[0])
-        count = motion.shape[2]
         tokens, null_tokens = self.audio_tokens(inputs.audio)
         masks = inputs.reference_masks
         if masks is None:
             masks = torch.ones(3, shape[2], shape[3])
-        masks = masks.to(self.device)
+        timesteps = shifted_timesteps(settings.steps, settings.shift).to(self.device)
+        start, latent = 0, noise
+        if settings.sdedit_strength is not None and inputs.source_frames is not None:
+            start = int((timesteps[:-1] > settings.sdedit_strength * 1000 + 1e-3).sum().clamp(max=settings.steps - 1))
+            source = self.vae.encode(inputs.source_frames.to(self.vae.device)).to(self.device)
+            latent = add_noise(source, noise, timesteps[start])
+        return PreparedChunk(latent, y, clip_tokens, tokens, null_tokens, masks.to(self.device), timesteps, start,
+                             generator)
+
+    def first_motion(self, prepared: PreparedChunk) -> torch.Tensor:
+        """The first chunk's motion latent: the reference's own latent."""
+        return prepared.y[:, 4:, :1]
+
+    @torch.no_grad()
+    def denoise(self, prepared: PreparedChunk, motion: torch.Tensor, settings: SamplingSettings,
+                first_chunk: bool, inputs: ChunkConditions, trace: Trace | None = None) -> torch.Tensor:
+        """The sampler: the motion latents hard-replaced before every DiT call and after every step; returns
+        the x0 latent ``[1, 16, T, h, w]``. ``prepared`` is consumed (its latent is updated in place)."""
+        record = trace or (lambda name, value: None)
+        record("motion_latent", motion[0])
+        count = motion.shape[2]
+        generator = prepared.generator
 
         def motion_noise() -> None:  # official add_noise draws; the result is overwritten by `motion`
             if settings.replay_motion_noise and not first_chunk:
                 torch.randn(motion.shape[1:], generator=generator, device=generator.device)
 
-        timesteps = shifted_timesteps(settings.steps, settings.shift).to(self.device)
-        start, latent = 0, noise
-        if settings.sdedit_strength is not None and inputs.source_frames is not None:
-            start = int((timesteps[:-1] > settings.sdedit_strength * 1000 + 1e-3).sum().clamp(max=settings.steps - 1))
-            latent = add_noise(self.vae.encode(inputs.source_frames.to(self.device)), noise, timesteps[start])
+        timesteps, latent, y, clip_tokens = prepared.timesteps, prepared.latent, prepared.y, prepared.clip_tokens
         guider = Guider(settings.guidance)
         cache = None if settings.teacache is None else TeaCache(settings.teacache, settings.teacache_resolution)
         texts = {"cond": inputs.prompt, "null": inputs.negative_prompt}
-        audio = {"cond": tokens, "null": null_tokens}
+        audio = {"cond": prepared.audio_tokens, "null": prepared.null_audio_tokens}
         motion_noise()
-        for step in range(start, settings.steps):
+        for step in range(prepared.start, settings.steps):
             latent[:, :, :count] = motion
             record(f"step{step}.x_in", latent[0])
             out = self.predict(latent, timesteps[step], settings.guidance.branches, y, clip_tokens, texts, audio,
-                               masks, settings.batch_branches, cache)
+                               prepared.masks, settings.batch_branches, cache)
             if cache is not None:
                 cache.next_step()
             for name, value in out.items():
@@ -190,17 +228,33 @@ class ChunkPipeline:
             motion_noise()
             latent[:, :, :count] = motion
         record("x0_latent", latent[0])
+        return latent
 
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, color_reference: torch.Tensor | None, color_strength: float,
+               trace: Trace | None = None) -> torch.Tensor:
+        """The streamed decode and the colour correction: frames ``[F, H, W, 3]`` in [-1, 1], on the VAE's
+        device."""
         pieces, raw = [], []
-        reference = inputs.color_reference
         for piece in self.vae.decode_stream(latent):
             piece = piece[0].permute(1, 2, 3, 0)  # [n, H, W, 3]
             raw.append(piece)
-            if reference is not None and inputs.color_strength > 0:
-                piece = match_colors(piece, reference.to(piece.device), inputs.color_strength)
+            if color_reference is not None and color_strength > 0:
+                piece = match_colors(piece, color_reference.to(piece.device), color_strength)
             pieces.append(piece)
         video = torch.cat(pieces)
         if trace is not None:
-            record("decoded", torch.cat(raw).permute(3, 0, 1, 2)[None])
-            record("color_corrected", video.permute(3, 0, 1, 2)[None])
+            trace("decoded", torch.cat(raw).permute(3, 0, 1, 2)[None])
+            trace("color_corrected", video.permute(3, 0, 1, 2)[None])
         return video
+
+    @torch.no_grad()
+    def generate(self, inputs: ChunkConditions, settings: SamplingSettings, generator: torch.Generator,
+                 trace: Trace | None = None) -> torch.Tensor:
+        """Frames ``[F, H, W, 3]`` in [-1, 1] (decoded, clamped, colour-corrected): prepare, then the critical
+        stage (motion latents from the context frames, the DiT steps, the decode)."""
+        prepared = self.prepare(inputs, settings, generator, trace)
+        first_chunk = inputs.motion_frames is None
+        motion = self.first_motion(prepared) if first_chunk else self.motion_latents(inputs.motion_frames)
+        latent = self.denoise(prepared, motion, settings, first_chunk, inputs, trace)
+        return self.decode(latent, inputs.color_reference, inputs.color_strength, trace)
