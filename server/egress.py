@@ -35,6 +35,7 @@ BITS_PER_PIXEL = 0.08  # per frame: 512x512 at 25 fps -> 524 kbps, clear for a t
 MIN_BITRATE, MAX_BITRATE = 250_000, 2_500_000
 KEYFRAME_SECONDS = 4.0  # a periodic keyframe too, so that a lost packet never freezes a viewer for long
 VIDEO_CODECS = ("video/VP8", "video/H264")
+ENCODE_AHEAD = 0.08  # seconds before its due time a video frame is encoded (1-10 ms each, more when busy)
 OPUS_BITRATE = 96_000  # as aiortc's own Opus encoder
 
 
@@ -112,6 +113,9 @@ class _Encoder:
                 else:
                     encoded = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, index)
                 self.encoded += 1
+                wait = self._due(index) - self.playout.now()
+                if wait > 0:  # encoded ahead: it leaves when due, whatever the encode took
+                    await self.playout.sleep(wait)
                 for viewer in list(self._viewers):
                     viewer.deliver(encoded)
         except asyncio.CancelledError:
@@ -122,6 +126,9 @@ class _Encoder:
             viewer.deliver(None)  # the end of the output
 
     def _pacer(self) -> Pacer:
+        raise NotImplementedError
+
+    def _due(self, index: int) -> float:
         raise NotImplementedError
 
     def _seconds(self, index: int) -> float:
@@ -157,7 +164,14 @@ class VideoEncoder(_Encoder):
         self._keyframe_wanted = True
 
     def _pacer(self) -> Pacer:
-        return Pacer(self.playout, self.playout.schedule.frame_due, self.playout.schedule.frame_at)
+        # Frames are encoded ENCODE_AHEAD before they are due and leave when due: the encode's time
+        # (a few ms, more on a busy machine) does not put the video behind the speech.
+        schedule = self.playout.schedule
+        return Pacer(self.playout, lambda n: schedule.frame_due(n) - ENCODE_AHEAD,
+                     lambda t: schedule.frame_at(t + ENCODE_AHEAD))
+
+    def _due(self, index: int) -> float:
+        return self.playout.schedule.frame_due(index)
 
     def _seconds(self, index: int) -> float:
         return index / FPS
@@ -202,6 +216,9 @@ class SpeechEncoder(_Encoder):
 
     def _pacer(self) -> Pacer:
         return Pacer(self.playout, self.playout.schedule.block_due, self.playout.schedule.block_at)
+
+    def _due(self, index: int) -> float:
+        return self.playout.schedule.block_due(index)
 
     def _seconds(self, index: int) -> float:
         return index * AUDIO_BLOCK / AUDIO_CLOCK

@@ -200,8 +200,8 @@ class SessionManager:
         if needs.warm_up:
             reference = await self._any_reference()
             if reference is not None:
-                request = warm_up_request(reference, self.plan, pool.profile.audio_margins,
-                                          (pool.profile.tiers or SINGLE_TIER)[0], moving_source=False)
+                request = warm_up_request(reference[0], self.plan, pool.profile.audio_margins,
+                                          (pool.profile.tiers or SINGLE_TIER)[0], reference[1])
                 measured = await warm_up(pool, request, time.monotonic)
                 self._warm_costs[spec.name] = measured.warm
                 log.info("generator %s warm: first chunk %.3f s cold, %.3f s warm", spec.name, measured.cold,
@@ -215,12 +215,15 @@ class SessionManager:
         return spec.name
 
     async def _any_reference(self):
-        """The first frame of the library's first source at the output size (None: an empty library)."""
+        """The first frame of the library's first source at the output size, and its first window's
+        frames when it moves (None: an empty library)."""
         names = sorted(self.library.names())
         if not names:
             return None
         source = await self.load_source(names[0])
-        return await asyncio.get_running_loop().run_in_executor(None, source.frame, 0)
+        run = asyncio.get_running_loop().run_in_executor
+        frames = None if source.is_still else await run(None, source.frames, 0, self.plan.chunk(0).num_frames)
+        return await run(None, source.frame, 0), frames
 
     def _start_spare(self, spec: GeneratorSpec, mode: str) -> None:
         pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)

@@ -140,8 +140,14 @@ class ChunkLoop:
         """The generator's first, cold run on this source happens now, during chunk 0's capture; the
         warm run's cost is the scheduler's first estimate of the best tier."""
         tier = self.scheduler.tiers[0]
-        request = warm_up_request(self.timeline.idle, self.plan, self.profile.audio_margins, tier,
-                                  moving_source=self.live is not None or not self.engine.source.is_still)
+        window = self.plan.chunk(0).num_frames
+        if self.live is not None:  # no frames yet: the placeholder, as many times as a window has
+            frames = np.repeat(self.timeline.idle[None], window, axis=0)
+        elif self.engine.source.is_still:
+            frames = None
+        else:
+            frames = await self._in_thread(self.engine.source.frames, 0, window)
+        request = warm_up_request(self.timeline.idle, self.plan, self.profile.audio_margins, tier, frames)
         try:
             self.warm_up = await warm_up(self.pool, request, self._now)
         except (Expired, PoolBusy, GeneratorFailed) as exc:

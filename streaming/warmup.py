@@ -25,11 +25,13 @@ class WarmUp:
 
 
 def warm_up_request(reference: np.ndarray, plan: ChunkPlan, margins: AudioMargins, tier: Tier,
-                    moving_source: bool) -> ChunkRequest:
-    """Chunk 0 of a session whose speech is silence, on ``reference`` (the source's first frame)."""
+                    source_frames: np.ndarray | None) -> ChunkRequest:
+    """Chunk 0 of a session whose speech is silence, on ``reference`` (the source's first frame) and,
+    for a moving source, the window's ``source_frames`` (generators that follow the source's motion
+    analyse every frame: a still would measure far less than they cost)."""
     chunk = plan.chunk(0)
     first, last, offset = plan.audio_span(chunk, margins)
-    frames = np.repeat(reference[None], chunk.num_frames, axis=0) if moving_source else None
+    frames = None if source_frames is None else np.ascontiguousarray(source_frames[: chunk.num_frames])
     return ChunkRequest(index=0, start_frame=0, num_frames=chunk.num_frames,
                         audio=np.zeros(last - first, np.float32), audio_offset=offset,
                         reference_frame=reference, reference_index=0, source_frames=frames, tier=tier)
