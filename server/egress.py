@@ -35,7 +35,7 @@ BITS_PER_PIXEL = 0.08  # per frame: 512x512 at 25 fps -> 524 kbps, clear for a t
 MIN_BITRATE, MAX_BITRATE = 250_000, 2_500_000
 KEYFRAME_SECONDS = 4.0  # a periodic keyframe too, so that a lost packet never freezes a viewer for long
 VIDEO_CODECS = ("video/VP8", "video/H264")
-ENCODE_AHEAD = 0.08  # seconds before its due time a video frame is encoded (1-10 ms each, more when busy)
+ENCODE_AHEAD = 0.04  # seconds before its due time a video frame is encoded (1-10 ms each, more when busy)
 OPUS_BITRATE = 96_000  # as aiortc's own Opus encoder
 
 
