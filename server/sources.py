@@ -52,5 +52,5 @@ class SourceLibrary:
         names = self.names()
         if name not in names:
             listed = ", ".join(sorted(names)[:20]) or "none"
-            raise UnknownSource(f"unknown source {name!r}: accepted are {listed}")
+            raise UnknownSource(f"unknown source {name!r}: available are {listed}")
         return names[name]

@@ -38,6 +38,9 @@ MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 16
 SIZE_HELP = "480, 720 (the official buckets) or WxH with sides multiples of 16 in [64, 2048], e.g. 512x512"
 SOURCE_ENDS = ("hold", "loop")
 KEYFRAME_HORIZON = 96  # frames; more than one 81-frame window
+ACCEPTED_SOURCES = "accepted: any video FFmpeg decodes, or a png/jpg/webp image"
+# FFmpeg "video" codecs that render text files as pictures (its tty demuxer takes any .txt): not a source.
+NOT_PICTURES = ("ansi", "bintext", "xbin", "idf")
 
 
 def bucket_size(height: int, width: int, table: dict[str, tuple[int, int]]) -> tuple[int, int]:
@@ -92,9 +95,9 @@ class VideoSource:
         self.end = end
         self.keyframe_interval = keyframe_interval
         if not os.path.exists(self.path):
-            raise InputError(f"source not found: {self.path} (give a video or an image)")
+            raise InputError(f"source not found: {self.path} ({ACCEPTED_SOURCES})")
         if os.path.isdir(self.path):
-            raise InputError(f"source path is a folder: {self.path} (give a video or an image)")
+            raise InputError(f"source path is a folder: {self.path} ({ACCEPTED_SOURCES})")
         self._still = _read_image(self.path)
         native = self._still if self._still is not None else self._probe_first_frame()
         self.native_size = native.shape[:2]
@@ -118,16 +121,29 @@ class VideoSource:
         try:
             with av.open(self.path) as container:
                 if not container.streams.video:
-                    raise InputError(f"no video stream in {self.path} (give a video or an image)")
+                    raise InputError(f"no video stream in {self.path} ({ACCEPTED_SOURCES})")
+                codec = container.streams.video[0].codec_context.name
+                if codec in NOT_PICTURES:
+                    raise InputError(f"source {self.path} is text, not a video or image (FFmpeg reads it as "
+                                     f"{codec!r} art); {ACCEPTED_SOURCES}")
                 for frame in container.decode(video=0):
                     return frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as exc:
-            raise InputError(f"cannot read source {self.path}: not a video or image ({str(exc)[:120]}); "
-                             "accepted: any video FFmpeg decodes, or a png/jpg/webp image") from None
-        raise InputError(f"source video {self.path} has no frames")
+        except InputError:
+            raise
+        except (av.error.FFmpegError, ValueError) as exc:  # ValueError: a pixel format PyAV cannot convert
+            raise _unreadable(self.path, exc) from None
+        raise InputError(f"source video {self.path} has no decodable frames ({ACCEPTED_SOURCES})")
 
     def _decode(self) -> Iterator[np.ndarray]:
         """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s."""
+        try:
+            yield from self._decode_pass()
+        except InputError:
+            raise
+        except (av.error.FFmpegError, ValueError) as exc:  # damaged past the first frame
+            raise _unreadable(self.path, exc) from None
+
+    def _decode_pass(self) -> Iterator[np.ndarray]:
         out_index = 0
         previous: np.ndarray | None = None
         previous_end = Fraction(0)
@@ -150,7 +166,7 @@ class VideoSource:
                 previous = image
                 previous_end = time + _frame_duration(frame, stream)
         if previous is None:
-            raise InputError(f"source video {self.path} has no decodable frames")
+            raise InputError(f"source video {self.path} has no decodable frames ({ACCEPTED_SOURCES})")
         # The last frame lasts its duration, rounded to whole output frames (at least one).
         while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
             yield previous
@@ -200,6 +216,11 @@ class VideoSource:
         while self._buffer and self._buffer_start < index:
             self._buffer.popleft()
             self._buffer_start += 1
+
+
+def _unreadable(path: str, exc: BaseException) -> InputError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+    return InputError(f"cannot read source {path}: not a video or image ({reason}); {ACCEPTED_SOURCES}")
 
 
 def _frame_duration(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> Fraction:
