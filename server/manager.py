@@ -17,6 +17,7 @@ from typing import Callable
 
 from model.base import Tier
 from server.config import ServerConfig
+from server.heap import release_free_heap
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
@@ -270,6 +271,8 @@ class SessionManager:
                              return_exceptions=True)
         self._entries.pop(entry.session.id, None)
         log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
+        del peers, entry  # the session is freed here (no reference cycle keeps it): then trim
+        await asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def swap(self, session_id: str, source: str, mode: str = "cut") -> dict:
         session = self.get(session_id)
