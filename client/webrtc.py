@@ -18,6 +18,8 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from server.peers import close_peer_connection
+
 RATE = 48_000
 BLOCK = 960  # 20 ms
 
@@ -127,7 +129,7 @@ class Publisher:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             async with self.http.delete(self.resource, headers=headers) as response:
                 await response.read()
-        await self.pc.close()
+        await close_peer_connection(self.pc)
 
 
 class Viewer:
@@ -169,7 +171,8 @@ class Viewer:
                     await response.read()
             except aiohttp.ClientError:
                 pass  # the server may have ended the session already
-        await self.pc.close()
-        for task in self._tasks:
+        await close_peer_connection(self.pc)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

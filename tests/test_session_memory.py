@@ -20,7 +20,6 @@ import pytest
 from _server_support import control_url, loopback_candidates, speech_48k, start_server
 from client.control import ControlClient
 from client.webrtc import Publisher, SpeechTrack, Viewer
-from server.peers import close_peer_connection
 
 
 @pytest.fixture
@@ -83,8 +82,6 @@ async def test_an_ended_session_is_freed_without_the_garbage_collector(tmp_path,
                 await control.request("stop", session=created["session"])
             await publisher.close(delete=end == "whip_delete")
             await viewer.close(delete=False)
-            for pc in (publisher.pc, viewer.pc):
-                await close_peer_connection(pc)
         alive = await _wait_gone(refs, server)
         assert not alive, f"alive after the end without a collection (cycles through them): {alive}"
     finally:
