@@ -52,8 +52,10 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler follow the sample count, not broken timestamps
                 if resampler is None:
-                    channels = frame.layout.nb_channels
-                    resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=AUDIO_RATE)
+                    # By name, not the layout object: PyAV's AudioLayout copies FFmpeg's struct shallowly,
+                    # and a copy kept in the resampler could free a custom-order channel map twice.
+                    channels, layout_name = frame.layout.nb_channels, frame.layout.name
+                    resampler = av.AudioResampler(format="flt", layout=layout_name, rate=AUDIO_RATE)
                 for out in resampler.resample(frame):
                     samples.append(_mono(out, channels))
             for out in resampler.resample(None) if resampler else []:
