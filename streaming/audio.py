@@ -40,6 +40,9 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         if not container.streams.audio:
             raise InputError(f"no audio stream in {path} (give a speech file or a video with sound)")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for it (or the header is damaged)
+            raise InputError(f"cannot decode audio of {path}: its codec is unknown to FFmpeg; accepted: any "
+                             "audio or video file FFmpeg reads (wav, flac, mp3, m4a, mp4...)")
         # Resample keeping the channels, then average them as librosa's mono does (FFmpeg's own
         # stereo->mono downmix would add the channels at -3 dB instead). Packed ("flt"), not planar:
         # PyAV 18 finds a planar frame's planes by scanning FFmpeg's plane pointers for a NULL, and from

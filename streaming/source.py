@@ -122,7 +122,11 @@ class VideoSource:
             with av.open(self.path) as container:
                 if not container.streams.video:
                     raise InputError(f"no video stream in {self.path} ({ACCEPTED_SOURCES})")
-                codec = container.streams.video[0].codec_context.name
+                context = container.streams.video[0].codec_context
+                if context is None:  # FFmpeg has no decoder for it (or the header is damaged)
+                    raise InputError(f"cannot read source {self.path}: its video codec is unknown to FFmpeg; "
+                                     f"{ACCEPTED_SOURCES}")
+                codec = context.name
                 if codec in NOT_PICTURES:
                     raise InputError(f"source {self.path} is text, not a video or image (FFmpeg reads it as "
                                      f"{codec!r} art); {ACCEPTED_SOURCES}")
