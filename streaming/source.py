@@ -241,5 +241,8 @@ def _read_image(path: str) -> np.ndarray | None:
             if getattr(image, "n_frames", 1) > 1:
                 return None  # animated: decode as video
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError):
-        return None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"source image {path} is too large ({exc}); accepted are images up to "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return None  # not an image PIL reads whole (PIL raises SyntaxError on a broken PNG): FFmpeg may
