@@ -313,12 +313,16 @@ def test_a_container_cut_anywhere_in_its_index(seeds, tmp_path, name):
                 _one_line_error(exc, record=False)
 
 
+# The case hypothesis found (142 bytes): a chunk with a garbage name and length after the image data.
+BROKEN_PNG = (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x008\x00\x00\x00(\x08\x02\x00\x00\x00$2\xae\xd2\x00\x00\x00MIDA'
+    b"Tx\x9c\xed\xce\xc1\t\xc0 \x10DQ\x93B<\xa5\xb0\x94\x96\xc2<Y\x89\x1d\x08\x81\x11D\xde\xbb\xee\xc2\xfcR\x00`'\xd7\xfc\\"
+    b"\xbfR\x00`'\xd7\xfc\\\xbf\xb6h\xb8\xbf\xcf\xaf\xff{QG\x9c\xd04\xa1iB\xd3\x84\xa6\tM\x13\x9a&4Mh\x9aP\x008"
+    b'\xdb\x00\xb3\x96\x03(3\xe7.V\x00\x00\x00\x00IEND\xaeB`\x82')
+
+
 def test_a_png_with_a_damaged_chunk(seeds, tmp_path, capsys):
-    """Found by the fuzzing: PIL raised SyntaxError ("broken PNG file") on a damaged chunk name."""
-    data = bytearray(seeds["a.png"])
-    at = data.index(b"IEND")
-    data[at : at + 4] = b"3\xe7.V"
-    source = _write(str(tmp_path), "broken", (".png", bytes(data)))
+    """Found by the fuzzing: PIL raised SyntaxError ("broken PNG file") on a damaged chunk."""
+    source = _write(str(tmp_path), "broken", (".png", BROKEN_PNG))
     out = str(tmp_path / "out.mp4")
     code = main(["dub", source, _write(str(tmp_path), "speech", (".wav", seeds["a.wav"])), "-o", out,
                  "--generator", "passthrough", "--size", "64x64", "--quiet"])
