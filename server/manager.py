@@ -271,7 +271,7 @@ class SessionManager:
                              return_exceptions=True)
         self._entries.pop(entry.session.id, None)
         log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
-        del peers, entry  # the session is freed here (no reference cycle keeps it): then trim
+        del peers, entry  # this frame's references go first: with no cycle left, the session is freed by now
         await asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def swap(self, session_id: str, source: str, mode: str = "cut") -> dict:
