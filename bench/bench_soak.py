@@ -9,8 +9,9 @@ turn, so that every path that tears a session down is exercised:
 Each session sends ``--speech-seconds`` of real read speech (codec2-examples) at wall-clock pace.
 
 A sampler reads /proc every ``--sample-seconds``: the resident memory of the server and of its worker
-processes (every descendant), the server's open file descriptors and threads, the number of worker
-processes and the shared-memory segments they map. At the end of the warm-up and at the end of the run the churn
+processes (every descendant), the server's open file descriptors and threads (and those FFmpeg named:
+decoder frame threads), the number of worker processes and the shared-memory segments they map. At the
+end of the warm-up and at the end of the run the churn
 pauses until the server has no session and its worker count is back at rest, and the idle figures are
 taken there, so that like is compared with like. Printed: RSS after warm-up vs at the end and their
 ratio, the post-warm-up RSS trend (MiB per hour, least squares), fds/threads/workers first/last/max.
@@ -94,6 +95,18 @@ def shared_segments(pids: list[int]) -> int:
     return len(names)
 
 
+def ffmpeg_threads(pid: int) -> int:
+    """Threads FFmpeg started and named (``av:h264:df0``...: a decoder's frame threads)."""
+    count = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as handle:
+                count += handle.read().startswith("av:")
+        except OSError:
+            pass
+    return count
+
+
 def sample(pid: int, started: float, phase: str, sessions: int) -> dict:
     workers = []
     children = descendants(pid)
@@ -107,6 +120,7 @@ def sample(pid: int, started: float, phase: str, sessions: int) -> dict:
             "server_rss_mib": round(int(status["VmRSS"].split()[0]) / 1024, 1),
             "workers_rss_mib": round(sum(workers) / MIB, 1), "workers": len(workers),
             "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": int(status["Threads"]),
+            "ffmpeg_threads": ffmpeg_threads(pid),
             "shm_segments": shared_segments([pid, *children])}
 
 
@@ -216,7 +230,7 @@ def report(samples: list[dict], args) -> None:
     print(f"worker processes' RSS idle: {warm['workers_rss_mib']:.0f} MiB after warm-up, "
           f"{last['workers_rss_mib']:.0f} MiB at the end; max during the soak "
           f"{max(s['workers_rss_mib'] for s in samples):.0f} MiB")
-    for key in ("fds", "threads", "workers", "shm_segments"):
+    for key in ("fds", "threads", "ffmpeg_threads", "workers", "shm_segments"):
         print(f"{key:>12}: first {samples[0][key]}, after warm-up {warm[key]}, last {last[key]}, "
               f"max {max(s[key] for s in samples)}")
     print(json.dumps({"rss_ratio": round(ratio, 3), "rss_after_warmup_mib": warm["server_rss_mib"],

@@ -138,55 +138,16 @@ class VideoSource:
             raise _unreadable(self.path, exc) from None
         raise InputError(f"source video {self.path} has no decodable frames ({ACCEPTED_SOURCES})")
 
-    def _decode(self) -> Iterator[np.ndarray]:
-        """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s."""
-        try:
-            yield from self._decode_pass()
-        except InputError:
-            raise
-        except (av.error.FFmpegError, ValueError) as exc:  # damaged past the first frame
-            raise _unreadable(self.path, exc) from None
-
-    def _decode_pass(self) -> Iterator[np.ndarray]:
-        out_index = 0
-        previous: np.ndarray | None = None
-        previous_end = Fraction(0)
-        with av.open(self.path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            origin = None
-            for frame in container.decode(stream):
-                if frame.pts is None or frame.time_base is None:
-                    time = previous_end  # no timestamps: frames follow each other
-                else:
-                    pts = Fraction(frame.pts) * frame.time_base
-                    origin = pts if origin is None else origin
-                    time = pts - origin
-                image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), self.size)
-                if previous is not None:
-                    while Fraction(out_index, FPS) < time:
-                        yield previous
-                        out_index += 1
-                previous = image
-                previous_end = time + _frame_duration(frame, stream)
-        if previous is None:
-            raise InputError(f"source video {self.path} has no decodable frames ({ACCEPTED_SOURCES})")
-        # The last frame lasts its duration, rounded to whole output frames (at least one).
-        while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
-            yield previous
-            out_index += 1
-
     def _next_frame(self) -> np.ndarray:
         if self._frames is None:
-            self._frames = self._decode()
-        try:
-            image = next(self._frames)
-        except StopIteration:
+            self._frames = _decode(self.path, self.size)
+        image = next(self._frames, None)  # not ``except StopIteration``: a pass started while handling
+        if image is None:  # it would keep that exception (and its traceback, and so self) alive
             if self.length is None:
                 self.length = self._decoded
             if self.end == "hold":
                 return self._last
-            self._frames = self._decode()
+            self._frames = _decode(self.path, self.size)
             image = next(self._frames)
         if self.length is None:
             self._decoded += 1
@@ -220,6 +181,50 @@ class VideoSource:
         while self._buffer and self._buffer_start < index:
             self._buffer.popleft()
             self._buffer_start += 1
+
+
+def _decode(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s.
+
+    A function of the path, not a method: a suspended generator holding its VideoSource, which holds the
+    generator, was a reference cycle that kept the open decoder (and its threads) of every ended
+    session's source until a full garbage collection."""
+    try:
+        yield from _decode_pass(path, size)
+    except InputError:
+        raise
+    except (av.error.FFmpegError, ValueError) as exc:  # damaged past the first frame
+        raise _unreadable(path, exc) from None
+
+
+def _decode_pass(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    out_index = 0
+    previous: np.ndarray | None = None
+    previous_end = Fraction(0)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        origin = None
+        for frame in container.decode(stream):
+            if frame.pts is None or frame.time_base is None:
+                time = previous_end  # no timestamps: frames follow each other
+            else:
+                pts = Fraction(frame.pts) * frame.time_base
+                origin = pts if origin is None else origin
+                time = pts - origin
+            image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), size)
+            if previous is not None:
+                while Fraction(out_index, FPS) < time:
+                    yield previous
+                    out_index += 1
+            previous = image
+            previous_end = time + _frame_duration(frame, stream)
+    if previous is None:
+        raise InputError(f"source video {path} has no decodable frames ({ACCEPTED_SOURCES})")
+    # The last frame lasts its duration, rounded to whole output frames (at least one).
+    while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
+        yield previous
+        out_index += 1
 
 
 def _unreadable(path: str, exc: BaseException) -> InputError:

@@ -87,3 +87,22 @@ async def test_an_ended_session_is_freed_without_the_garbage_collector(tmp_path,
     finally:
         gc.enable()
         await server.stop()
+
+
+def test_a_video_source_is_freed_without_the_garbage_collector(tmp_path):
+    """A VideoSource part way through its video: its open decoder (and FFmpeg's frame threads) goes with it.
+    Its decoding generator used to be a method, whose suspended frame held the source: a cycle."""
+    from server.demo import make_demo_source
+    from streaming.source import VideoSource
+
+    clip = make_demo_source(str(tmp_path / "clip.mp4"), seconds=1.0, size=64)
+    gc.collect()
+    gc.disable()
+    try:
+        source = VideoSource(clip, (64, 64), "loop")
+        assert source.frame(30).shape == (64, 64, 3)  # looped once: a second decoding pass is suspended
+        ref = weakref.ref(source)
+        del source
+        assert ref() is None, f"alive without a collection (cycle: {_cycle_through(ref())})"
+    finally:
+        gc.enable()
