@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -231,6 +232,29 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     return {"sessions": sessions, "late": late}
 
 
+@contextlib.contextmanager
+def livedub_serve(folder: str, options: list[str], python: str = sys.executable, root: str = ROOT):
+    """``livedub serve --sources folder *options`` in a subprocess on a local port, once its /healthz
+    answers (its first line printed); yields the process and its base URL; stopped on exit."""
+    port = 18000 + os.getpid() % 2000
+    server = subprocess.Popen([python, "-m", "server.cli", "serve", "--sources", folder, "--port", str(port),
+                               "--log-level", "WARNING", *options], cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                              stdout=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        print(server.stdout.readline().strip(), flush=True)
+        yield server, base
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--generator", default="lite")
@@ -253,29 +277,15 @@ def main() -> int:
     if args.source == "live":
         source = VideoSource(clip, (512, 512))
         camera = [source.frame(i) for i in range(250)]
-    port = 18000 + os.getpid() % 1000
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--sources", folder, "--port", str(port),
-                               "--generator", args.generator, "--size", args.size, "--max-sessions",
-                               str(max(args.sessions)), "--worker", args.worker, "--log-level", "WARNING"], cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base + "healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        print(server.stdout.readline().strip())
+    options = ["--generator", args.generator, "--size", args.size, "--max-sessions", str(max(args.sessions)),
+               "--worker", args.worker]
+    with livedub_serve(folder, options) as (server, base):
         clean = []
         for count in args.sessions:
             result = asyncio.run(run(base, server.pid, count, args, speech, camera))
             if result["late"] == 0:
                 clean.append(count)
         print(json.dumps({"sessions_with_no_late_chunk": clean, "cores": os.cpu_count()}))
-    finally:
-        server.terminate()
-        server.wait(10)
     return 0
 
 
