@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -293,6 +294,29 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     return {"sessions": sessions, "late": late, "cpu": cpu}
 
 
+@contextlib.contextmanager
+def livedub_serve(folder: str, options: list[str], python: str = sys.executable, root: str = ROOT):
+    """``livedub serve --sources folder *options`` in a subprocess on a local port, once its /healthz
+    answers (its first line printed); yields the process and its base URL; stopped on exit."""
+    port = 18000 + os.getpid() % 2000
+    server = subprocess.Popen([python, "-m", "server.cli", "serve", "--sources", folder, "--port", str(port),
+                               "--log-level", "WARNING", *options], cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                              stdout=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        print(server.stdout.readline().strip(), flush=True)
+        yield server, base
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--generator", default="lite")
@@ -321,21 +345,9 @@ def main() -> int:
     if args.source == "live":
         source = VideoSource(clip, (512, 512))
         camera = [source.frame(i) for i in range(250)]
-    port = 18000 + os.getpid() % 1000
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--sources", folder, "--port", str(port),
-                               "--generator", args.generator, "--size", args.size, "--max-sessions",
-                               str(max(args.sessions)), "--max-viewers", str(max(args.viewers) + 1),
-                               "--delay", str(args.delay), "--worker", args.worker, "--log-level", "WARNING"], cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base + "healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        print(server.stdout.readline().strip())
+    options = ["--generator", args.generator, "--size", args.size, "--max-sessions", str(max(args.sessions)),
+               "--max-viewers", str(max(args.viewers) + 1), "--delay", str(args.delay), "--worker", args.worker]
+    with livedub_serve(folder, options) as (server, base):
         clean, cpu_by_viewers = [], {}
         for viewers in args.viewers:
             args.extra_viewers = viewers
@@ -350,9 +362,6 @@ def main() -> int:
                 (v0, c0), (v1, c1) = min(by_viewers.items()), max(by_viewers.items())
                 summary[f"server_cpu_per_additional_viewer_{count}_sessions"] = round((c1 - c0) / ((v1 - v0) * count), 4)
         print(json.dumps(summary))
-    finally:
-        server.terminate()
-        server.wait(10)
     return 0
 
 

@@ -68,13 +68,44 @@ def run_client(args: argparse.Namespace) -> int:
         from server.peers import offer_loopback_candidates
 
         offer_loopback_candidates()
-    summary = asyncio.run(send_and_record(args.server, args.source, args.speech, args.output, token=token,
-                                          delay=args.delay, generator=args.generator, swaps=args.swap,
-                                          tail=args.tail, ice_servers=args.ice_server,
-                                          progress=None if args.quiet else sys.stdout,
-                                          second_speech_path=args.second_speech))
+    try:
+        summary = asyncio.run(send_and_record(args.server, args.source, args.speech, args.output, token=token,
+                                              delay=args.delay, generator=args.generator, swaps=args.swap,
+                                              tail=args.tail, ice_servers=args.ice_server,
+                                              progress=None if args.quiet else sys.stdout,
+                                              second_speech_path=args.second_speech))
+    except Exception as exc:  # noqa: BLE001 - what the server or the network said, as one line
+        raise _one_line(exc, args.server) or exc from None
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _one_line(exc: Exception, server: str) -> InputError | None:
+    """The user-facing line for an error from the server or the connection to it; None for a bug."""
+    import aiohttp
+    import websockets.exceptions
+
+    from client.control import ControlError
+    from client.webrtc import OfferRefused
+
+    if isinstance(exc, InputError):
+        return exc
+    if isinstance(exc, ControlError):
+        return InputError(str(exc.reply.get("message") or exc))  # e.g. the server's own "bad delay ..."
+    if isinstance(exc, OfferRefused):
+        return InputError(f"{server} refused the WebRTC offer (HTTP {exc.status}): {exc.message}")
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        status = exc.response.status_code
+        hint = ": give the server's token (--token-file or LIVEDUB_TOKEN)" if status == 401 else ""
+        return InputError(f"{server} refused the control connection (HTTP {status}){hint}")
+    if isinstance(exc, (ConnectionRefusedError, aiohttp.ClientConnectorError, websockets.exceptions.InvalidURI,
+                        websockets.exceptions.InvalidHandshake)) or (
+            isinstance(exc, OSError) and not isinstance(exc, ConnectionError)):
+        return InputError(f"cannot connect to {server}: is `livedub serve` running?")
+    if isinstance(exc, (ConnectionError, aiohttp.ClientError, websockets.exceptions.ConnectionClosed)):
+        return InputError(f"lost the connection to {server} ({type(exc).__name__}: {str(exc)[:120]}); "
+                          "is `livedub serve` still running?")
+    return None
 
 
 def _line(stats: dict, clock: float) -> str:

@@ -7,6 +7,7 @@ reads both tracks of a WHEP connection and hands every frame, with its arrival t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from fractions import Fraction
 from typing import Callable
@@ -16,6 +17,8 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from server.peers import close_peer_connection
 
 RATE = 48_000
 BLOCK = 960  # 20 ms
@@ -75,6 +78,18 @@ class SpeechTrack(MediaStreamTrack):
         return frame
 
 
+class OfferRefused(RuntimeError):
+    """A WHIP/WHEP offer answered with an error; ``message`` is the server's (its JSON envelope's)."""
+
+    def __init__(self, url: str, status: int, body: str) -> None:
+        try:
+            message = json.loads(body).get("message") or body
+        except (ValueError, AttributeError):
+            message = body
+        self.status, self.message = status, " ".join(str(message).split())[:300]
+        super().__init__(f"POST {url}: HTTP {status}: {self.message}")
+
+
 def peer_connection(ice_servers: list[str] | None = None) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers or []]))
 
@@ -88,7 +103,7 @@ async def _post_offer(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnecti
     async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
         body = await response.text()
         if response.status != 201:
-            raise RuntimeError(f"POST {url}: HTTP {response.status}: {body[:300]}")
+            raise OfferRefused(url, response.status, body)
         location = str(response.url.join(aiohttp.client.URL(response.headers["Location"])))
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     return location
@@ -114,7 +129,7 @@ class Publisher:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             async with self.http.delete(self.resource, headers=headers) as response:
                 await response.read()
-        await self.pc.close()
+        await close_peer_connection(self.pc)
 
 
 class Viewer:
@@ -163,7 +178,8 @@ class Viewer:
                     await response.read()
             except aiohttp.ClientError:
                 pass  # the server may have ended the session already
-        await self.pc.close()
-        for task in self._tasks:
+        await close_peer_connection(self.pc)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -336,4 +336,9 @@ class LiveServer:
             unlisten()
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+            # aiohttp 3.14 leaves the connection's protocol holding the socket's heartbeat callback, a
+            # cycle (protocol -> socket -> request -> protocol) that keeps the socket's zlib state and
+            # buffers until a full collection; the socket is closed here, so the callback has no use.
+            if getattr(request.protocol, "_data_received_cb", None) is not None:
+                request.protocol._data_received_cb = None
         return ws

@@ -103,17 +103,21 @@ def _add_dub(commands) -> None:
 def _run_dub(args: argparse.Namespace) -> int:
     from streaming.dub import DubSettings, ProgressBar, default_output_name, dub
     from streaming.group import group_layout
+    from streaming.media import check_output_path
 
+    # Every output is checked before any work: a bad --report path must not cost a whole dub.
+    output = check_output_path(default_output_name(args.source) if args.output is None else args.output)
+    if args.report is not None:
+        check_output_path(args.report, "report", "report.json")
     options = generator_options(args)
     group = group_layout(args.gpus, args.parallel, args.generator, options)
     settings = DubSettings(generator=args.generator, size=args.size, keyframe_interval=args.keyframe_interval,
                            color_correction=args.color_correction, source_end=args.source_end, seed=args.seed,
                            generator_options=options, speaker_faces=_speaker_faces(args), group=group)
-    output = args.output or default_output_name(args.source)
     report = dub(args.source, args.audio, output, settings, progress=None if args.quiet else ProgressBar(),
                  second_audio_path=args.audio2)
     print(report.summary())
-    if args.report:
+    if args.report is not None:
         with open(args.report, "w") as handle:
             json.dump({"output": report.output, "frames": report.frames, "seconds": report.seconds,
                        "chunks": [vars(c) for c in report.chunks]}, handle, indent=1)

@@ -21,6 +21,7 @@ from model.registry import serving_needs
 from server.config import ServerConfig
 from server.egress import Egress
 from server.offers import Offer
+from server.heap import release_free_heap
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
@@ -439,6 +440,8 @@ class SessionManager:
             entry.egress.close()
         self._entries.pop(entry.session.id, None)
         log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
+        del peers, entry  # this frame's references go first: with no cycle left, the session is freed by now
+        await asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def swap(self, session_id: str, source: str, mode: str = "cut") -> dict:
         session = self.get(session_id)

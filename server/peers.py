@@ -104,12 +104,34 @@ class Peer:
     async def close(self) -> None:
         self._gone = True  # closed by us: not "gone" (on_gone would remove it a second time)
         self._deadline.cancel()
-        await self.pc.close()
-        for track in self.tracks:
-            track.stop()
-        for task in self.tasks:
+        await close_peer_connection(self.pc)
+        tracks, self.tracks = self.tracks, []
+        for track in tracks:
+            track.stop()  # unsubscribed from the session's encoders
+        tasks, self.tasks = self.tasks, []  # a cancelled task keeps its traceback, whose frames hold the track
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_peer_connection(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` and break the reference cycles aiortc leaves behind, so that reference counting frees
+    the connection (its codecs, jitter buffers, sockets) at once instead of the next full collection.
+
+    aiortc 1.16's ``close()`` drops the connection's own listeners but not those it registered on its ICE
+    and DTLS transports: each transport keeps a bound method of the connection, and the connection keeps
+    the transports. aioice 0.13's ``Connection.close()`` keeps its check list, whose candidate pairs hold
+    STUN protocols that point back at the connection (and hold its closed sockets).
+    """
+    await pc.close()
+    for transport in getattr(pc, "_RTCPeerConnection__dtlsTransports", ()):
+        transport.remove_all_listeners()
+    for transport in getattr(pc, "_RTCPeerConnection__iceTransports", ()):
+        transport.remove_all_listeners()
+        transport.iceGatherer.remove_all_listeners()
+        check_list = getattr(getattr(transport, "_connection", None), "_check_list", None)
+        if isinstance(check_list, list):
+            check_list.clear()
 
 
 async def open_ingest(session: LiveSession, offer: Offer, ice_servers: tuple[IceServer, ...],

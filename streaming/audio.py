@@ -39,20 +39,33 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         if not container.streams.audio:
             raise InputError(f"no audio stream in {path} (give a speech file or a video with sound)")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for it (or the header is damaged)
+            raise InputError(f"cannot decode audio of {path}: its codec is unknown to FFmpeg; accepted: any "
+                             "audio or video file FFmpeg reads (wav, flac, mp3, m4a, mp4...)")
         # Resample keeping the channels, then average them as librosa's mono does (FFmpeg's own
-        # stereo->mono downmix would add the channels at -3 dB instead).
+        # stereo->mono downmix would add the channels at -3 dB instead). Packed ("flt"), not planar:
+        # PyAV 18 finds a planar frame's planes by scanning FFmpeg's plane pointers for a NULL, and from
+        # 8 channels on that array has no NULL after the last plane (AV_NUM_DATA_POINTERS is 8), so
+        # ``to_ndarray`` read a wild pointer and segfaulted. A packed frame has one plane whatever the count.
         resampler = None
+        channels = 0
         samples = _Samples(_expected_samples(container, stream))
         try:
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler follow the sample count, not broken timestamps
                 if resampler is None:
-                    resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=AUDIO_RATE)
+                    # By name, not the layout object: PyAV's AudioLayout copies FFmpeg's struct shallowly,
+                    # and a copy kept in the resampler could free a custom-order channel map twice.
+                    channels, layout_name = frame.layout.nb_channels, frame.layout.name
+                    resampler = av.AudioResampler(format="flt", layout=layout_name, rate=AUDIO_RATE)
                 for out in resampler.resample(frame):
-                    samples.append(out.to_ndarray().mean(axis=0))
+                    samples.append(_mono(out, channels))
             for out in resampler.resample(None) if resampler else []:
-                samples.append(out.to_ndarray().mean(axis=0))
-        except av.error.FFmpegError as exc:
+                samples.append(_mono(out, channels))
+        except InputError:
+            raise
+        except (av.error.FFmpegError, ValueError) as exc:
+            # ValueError: PyAV's own refusal of a layout or format it cannot map.
             raise InputError(f"cannot decode audio of {path}: {_reason(exc)}") from None
     samples = samples.array()
     if samples.size == 0:
@@ -60,6 +73,11 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(samples).all():
         raise InputError(f"audio in {path} contains NaN or infinite samples")
     return samples
+
+
+def _mono(frame: av.AudioFrame, channels: int) -> np.ndarray:
+    """A packed float frame's channels averaged."""
+    return frame.to_ndarray().reshape(-1, max(channels, 1)).mean(axis=1)
 
 
 class _Samples:

@@ -112,6 +112,10 @@ class ChunkLoop:
         self._warm = warm  # run a warm-up chunk on the source before the first real one
         self.warm_up: WarmUp | None = None
 
+    def release(self) -> None:
+        """The session has ended: drop the callbacks into it (reference counting then frees both)."""
+        self._on_idle = _no_idle
+
     @property
     def next_chunk(self) -> int:
         """The chunk a change made now (a swap, a speaker's face) shows from."""
@@ -342,3 +346,7 @@ def _log_failure(future: asyncio.Future) -> None:
 
 def _jsonable(info: dict) -> dict:
     return {str(k): v for k, v in info.items() if isinstance(v, (bool, int, float, str)) or v is None}
+
+
+def _no_idle() -> None:
+    pass

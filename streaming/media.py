@@ -19,16 +19,23 @@ from streaming.errors import InputError
 AAC_FRAME = 1024
 
 
-def check_output_path(path: str | os.PathLike) -> str:
-    """The output path as a string, after checking its folder exists and is writable."""
+def check_output_path(path: str | os.PathLike, what: str = "output", example: str = "out.mp4") -> str:
+    """The output path as a string, after checking a file can be created in its folder (by creating and
+    removing one: permission bits say nothing about /proc, read-only mounts or full disks)."""
     path = os.fspath(path)
+    if not path.strip():
+        raise InputError(f"empty {what} path: accepted is a file name such as {example}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"output folder does not exist: {folder} (create it first, or write elsewhere)")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"output folder is not writable: {folder}")
+        raise InputError(f"{what} folder does not exist: {folder} (create it first, or write elsewhere)")
     if os.path.isdir(path):
-        raise InputError(f"output path is a folder: {path} (give a file name such as out.mp4)")
+        raise InputError(f"{what} path is a folder: {path} (give a file name such as {example})")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".probe-", dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write a file in {folder} ({exc.strerror or type(exc).__name__}); "
+                         "accepted is a path in a writable folder") from None
     return path
 
 

@@ -204,6 +204,7 @@ class LiveSession:
         self.playout.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._emit(Ended(reason))
+        self.loop.release()  # the loop's call back into the session: no cycle keeps an ended session
         self.finished.set()
 
     # ---- ingest (called by the WHIP peer) ------------------------------------------------------------------

@@ -25,6 +25,9 @@ MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 16
 SIZE_HELP = "480, 720 (the official buckets) or WxH with sides multiples of 16 in [64, 2048], e.g. 512x512"
 SOURCE_ENDS = ("hold", "loop")
 KEYFRAME_HORIZON = 96  # frames; more than one 81-frame window
+ACCEPTED_SOURCES = "accepted: any video FFmpeg decodes, or a png/jpg/webp image"
+# FFmpeg "video" codecs that render text files as pictures (its tty demuxer takes any .txt): not a source.
+NOT_PICTURES = ("ansi", "bintext", "xbin", "idf")
 
 
 def parse_size(text: str) -> int | tuple[int, int]:
@@ -59,9 +62,9 @@ class VideoSource:
         self.end = end
         self.keyframe_interval = keyframe_interval
         if not os.path.exists(self.path):
-            raise InputError(f"source not found: {self.path} (give a video or an image)")
+            raise InputError(f"source not found: {self.path} ({ACCEPTED_SOURCES})")
         if os.path.isdir(self.path):
-            raise InputError(f"source path is a folder: {self.path} (give a video or an image)")
+            raise InputError(f"source path is a folder: {self.path} ({ACCEPTED_SOURCES})")
         self._still = _read_image(self.path)
         native = self._still if self._still is not None else self._probe_first_frame()
         self.native_size = native.shape[:2]
@@ -85,55 +88,33 @@ class VideoSource:
         try:
             with av.open(self.path) as container:
                 if not container.streams.video:
-                    raise InputError(f"no video stream in {self.path} (give a video or an image)")
+                    raise InputError(f"no video stream in {self.path} ({ACCEPTED_SOURCES})")
+                context = container.streams.video[0].codec_context
+                if context is None:  # FFmpeg has no decoder for it (or the header is damaged)
+                    raise InputError(f"cannot read source {self.path}: its video codec is unknown to FFmpeg; "
+                                     f"{ACCEPTED_SOURCES}")
+                codec = context.name
+                if codec in NOT_PICTURES:
+                    raise InputError(f"source {self.path} is text, not a video or image (FFmpeg reads it as "
+                                     f"{codec!r} art); {ACCEPTED_SOURCES}")
                 for frame in container.decode(video=0):
                     return frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as exc:
-            raise InputError(f"cannot read source {self.path}: not a video or image ({str(exc)[:120]}); "
-                             "accepted: any video FFmpeg decodes, or a png/jpg/webp image") from None
-        raise InputError(f"source video {self.path} has no frames")
-
-    def _decode(self) -> Iterator[np.ndarray]:
-        """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s."""
-        out_index = 0
-        previous: np.ndarray | None = None
-        previous_end = Fraction(0)
-        with av.open(self.path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            origin = None
-            for frame in container.decode(stream):
-                if frame.pts is None or frame.time_base is None:
-                    time = previous_end  # no timestamps: frames follow each other
-                else:
-                    pts = Fraction(frame.pts) * frame.time_base
-                    origin = pts if origin is None else origin
-                    time = pts - origin
-                image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), self.size)
-                if previous is not None:
-                    while Fraction(out_index, FPS) < time:
-                        yield previous
-                        out_index += 1
-                previous = image
-                previous_end = time + _frame_duration(frame, stream)
-        if previous is None:
-            raise InputError(f"source video {self.path} has no decodable frames")
-        # The last frame lasts its duration, rounded to whole output frames (at least one).
-        while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
-            yield previous
-            out_index += 1
+        except InputError:
+            raise
+        except (av.error.FFmpegError, ValueError) as exc:  # ValueError: a pixel format PyAV cannot convert
+            raise _unreadable(self.path, exc) from None
+        raise InputError(f"source video {self.path} has no decodable frames ({ACCEPTED_SOURCES})")
 
     def _next_frame(self) -> np.ndarray:
         if self._frames is None:
-            self._frames = self._decode()
-        try:
-            image = next(self._frames)
-        except StopIteration:
+            self._frames = _decode(self.path, self.size)
+        image = next(self._frames, None)  # not ``except StopIteration``: a pass started while handling
+        if image is None:  # it would keep that exception (and its traceback, and so self) alive
             if self.length is None:
                 self.length = self._decoded
             if self.end == "hold":
                 return self._last
-            self._frames = self._decode()
+            self._frames = _decode(self.path, self.size)
             image = next(self._frames)
         if self.length is None:
             self._decoded += 1
@@ -169,6 +150,55 @@ class VideoSource:
             self._buffer_start += 1
 
 
+def _decode(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s.
+
+    A function of the path, not a method: a suspended generator holding its VideoSource, which holds the
+    generator, was a reference cycle that kept the open decoder (and its threads) of every ended
+    session's source until a full garbage collection."""
+    try:
+        yield from _decode_pass(path, size)
+    except InputError:
+        raise
+    except (av.error.FFmpegError, ValueError) as exc:  # damaged past the first frame
+        raise _unreadable(path, exc) from None
+
+
+def _decode_pass(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    out_index = 0
+    previous: np.ndarray | None = None
+    previous_end = Fraction(0)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        origin = None
+        for frame in container.decode(stream):
+            if frame.pts is None or frame.time_base is None:
+                time = previous_end  # no timestamps: frames follow each other
+            else:
+                pts = Fraction(frame.pts) * frame.time_base
+                origin = pts if origin is None else origin
+                time = pts - origin
+            image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), size)
+            if previous is not None:
+                while Fraction(out_index, FPS) < time:
+                    yield previous
+                    out_index += 1
+            previous = image
+            previous_end = time + _frame_duration(frame, stream)
+    if previous is None:
+        raise InputError(f"source video {path} has no decodable frames ({ACCEPTED_SOURCES})")
+    # The last frame lasts its duration, rounded to whole output frames (at least one).
+    while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
+        yield previous
+        out_index += 1
+
+
+def _unreadable(path: str, exc: BaseException) -> InputError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+    return InputError(f"cannot read source {path}: not a video or image ({reason}); {ACCEPTED_SOURCES}")
+
+
 def _frame_duration(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> Fraction:
     if getattr(frame, "duration", None) and frame.time_base is not None:
         return Fraction(frame.duration) * frame.time_base
@@ -183,5 +213,8 @@ def _read_image(path: str) -> np.ndarray | None:
             if getattr(image, "n_frames", 1) > 1:
                 return None  # animated: decode as video
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError):
-        return None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"source image {path} is too large ({exc}); accepted are images up to "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return None  # not an image PIL reads whole (PIL raises SyntaxError on a broken PNG): FFmpeg may

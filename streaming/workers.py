@@ -497,9 +497,10 @@ class GeneratorPool:
             return failures
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []  # a cancelled task keeps its traceback, whose frames hold self
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             _settle(job.future, GeneratorFailed(f"{self.name} pool closed"))

@@ -51,6 +51,16 @@ def test_wav_44k_stereo_to_16k_mono(tmp_path):
     assert abs(np.abs(samples).max() - 0.3) < 0.02  # stereo of identical channels averages, not sums
 
 
+@pytest.mark.parametrize("channels", [3, 6, 8, 9, 16])
+def test_any_channel_count_averages_to_mono(tmp_path, channels):
+    """8 and more channels segfaulted (PyAV's planar frames past FFmpeg's 8 inline plane pointers)."""
+    data = tone(1.0, 22050, channels=channels)
+    data[:, -1] = 0.0  # one silent channel: the mean is (n-1)/n of the tone
+    samples = load_audio(write_wav(str(tmp_path / f"{channels}.wav"), data, 22050))
+    assert abs(samples.size - 16000) <= 16 and abs(dominant_frequency(samples) - 440) < 2
+    assert abs(np.abs(samples).max() - 0.3 * (channels - 1) / channels) < 0.01
+
+
 @pytest.mark.parametrize("name, codec", [("a.flac", "flac"), ("a.mp3", "libmp3lame"), ("a.m4a", "aac"),
                                          ("a.ogg", "libopus")])
 def test_compressed_containers(tmp_path, name, codec):

@@ -62,3 +62,44 @@ def test_client_command_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["client", SPEECH_16K, "--source", "red", "--swap", "blue"])
     assert "bad swap 'blue'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def server_in_thread(tmp_path):
+    """A real LiveServer on loopback, run by its own event loop in a thread (``main`` runs its own loop)."""
+    import asyncio
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(start_server(str(tmp_path / "sources")), loop).result(30)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def _client_error(capsys, *args) -> str:
+    assert main(["client", SPEECH_16K, "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("livedub client: error: ") and "Traceback" not in err, err
+    return err.removeprefix("livedub client: error: ")
+
+
+def test_client_errors_from_the_server_are_one_line(tmp_path, capsys, server_in_thread):
+    out = ["--server", server_in_thread.url.rstrip("/"), "-o", str(tmp_path / "o.mp4")]
+    assert _client_error(capsys, "--source", "x", *out) == "unknown source 'x': available are blue, red"
+    assert _client_error(capsys, "--source", "red", "--delay", "0.5", *out).startswith(
+        "bad delay 0.5: accepted is 3.56 to 30 seconds")
+    assert _client_error(capsys, "--source", "red", "--generator", "magic", *out).startswith("unknown generator")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_client_without_a_server_is_one_line(tmp_path, capsys):
+    from _server_support import free_port
+
+    server = f"http://127.0.0.1:{free_port()}"
+    assert _client_error(capsys, "--source", "red", "--server", server, "-o", str(tmp_path / "o.mp4")) == (
+        f"cannot connect to {server}: is `livedub serve` running?")

@@ -79,6 +79,8 @@ def bad_media(tmp_path_factory):
     paths = {"text": folder / "notes.txt", "silent": folder / "silent.wav", "empty": folder / "empty.wav",
              "audio_only": folder / "audio_only.m4a", "tiny": folder / "tiny.wav"}
     paths["text"].write_text("this is not media")
+    paths["long_text"] = folder / "readme.txt"
+    paths["long_text"].write_text("# A project\n\nSome words about it, a list:\n- one\n- two\n" * 60)
     write_wav(str(paths["silent"]), np.zeros(32000), 16000)
     write_wav(str(paths["empty"]), np.zeros(0), 16000)
     write_wav(str(paths["tiny"]), np.ones(300) * 0.5, 16000)
@@ -105,6 +107,10 @@ def bad_media(tmp_path_factory):
     ("silent_audio", "silent"),
     ("missing_folder", "output folder does not exist"),
     ("bad_generator", "unknown generator"),
+    ("long_text_source", "is text, not a video or image"),  # FFmpeg's tty demuxer takes a longer .txt
+    ("unwritable_output", "cannot write a file in /proc"),
+    ("empty_output", "empty output path"),
+    ("report_folder", "report folder does not exist"),
 ])
 def test_bad_input_one_line_exit_2(case, needle, tmp_path, capsys, portrait_png, speech_wav, bad_media):
     source, audio, out = portrait_png, speech_wav, str(tmp_path / "out.mp4")
@@ -129,12 +135,20 @@ def test_bad_input_one_line_exit_2(case, needle, tmp_path, capsys, portrait_png,
         out = str(tmp_path / "no" / "such" / "out.mp4")
     elif case == "bad_generator":
         extra = ["--generator", "magic"]
+    elif case == "long_text_source":
+        source = bad_media["long_text"]
+    elif case == "unwritable_output":
+        out = "/proc/out.mp4"
+    elif case == "empty_output":
+        out = ""
+    elif case == "report_folder":
+        extra += ["--report", str(tmp_path / "no" / "report.json")]
     code, err = run_error(["dub", source, audio, "-o", out, "--quiet", *extra], capsys)
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("livedub dub: error:") and needle in err, err
     assert "Traceback" not in err
-    assert not os.path.exists(out)
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".partial")]
+    assert not os.path.exists(out) and not os.path.exists("astronaut_dubbed.mp4")
+    assert not [f for f in os.listdir(tmp_path) if f.startswith((".partial", ".probe"))]
 
 
 @pytest.mark.parametrize("args, needle", [
