@@ -38,10 +38,13 @@ def warm_up_request(reference: np.ndarray, plan: ChunkPlan, margins: AudioMargin
 
 
 async def warm_up(pool, request: ChunkRequest, now) -> WarmUp:
-    """Run ``request`` twice on ``pool``: the cold cost, then the warm one (``now``: the clock's reading)."""
+    """Run ``request`` twice on ``pool``: the cold cost, then the warm one (``now``: the clock's reading).
+
+    Each cost is the generator's own time when it reports one: a warm-up has no deadline, so it waits
+    behind every real chunk of other sessions, and that wait is not what a chunk of this one costs."""
     costs = []
     for _ in range(2):
         started = now()
-        await pool.run(request, started + WARM_UP_SECONDS)
-        costs.append(now() - started)
+        result = await pool.run(request, started + WARM_UP_SECONDS)
+        costs.append(result.seconds if result.seconds > 0 else now() - started)
     return WarmUp(*costs)

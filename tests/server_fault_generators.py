@@ -33,9 +33,11 @@ class SlowGenerator(PassthroughGenerator):
         self.fast_seconds = seconds if fast_seconds is None else fast_seconds
 
     def generate(self, request: ChunkRequest) -> ChunkResult:
+        started = time.perf_counter()
         time.sleep(self.seconds if request.tier.name == "full" else self.fast_seconds)
         result = super().generate(request)
         result.info["tier"] = request.tier.name
+        result.seconds = time.perf_counter() - started  # what it took, the sleep included
         return result
 
 
@@ -49,9 +51,12 @@ class ColdGenerator(PassthroughGenerator):
         self.calls = 0
 
     def generate(self, request: ChunkRequest) -> ChunkResult:
+        started = time.perf_counter()
         time.sleep(self.cold if self.calls == 0 else self.warm)
         self.calls += 1
-        return super().generate(request)
+        result = super().generate(request)
+        result.seconds = time.perf_counter() - started
+        return result
 
 
 def build_cold(**options) -> ColdGenerator:
