@@ -133,7 +133,8 @@ def test_console_at_1280x720(server, browser, tmp_path):  # noqa: F811
     assert browser.execute_script("return document.getElementById('swap-source').value") == "blue"
     browser.execute_script("document.getElementById('swap-mode').value = 'blend'")
     _click(browser, "swap-button")
-    report = _poll(browser, lambda r: r["errors"] or any(e["event"] == "swap" for e in r["events"]), 10)
+    # The swap event (to every client) may arrive before the reply to the page's own request: wait for both.
+    report = _poll(browser, lambda r: r["errors"] or (r["swaps"] and any(e["event"] == "swap" for e in r["events"])), 10)
     assert not report["errors"], report["errors"]
     swap = report["swaps"][0]
     assert _text(browser, "reference") == "blue"

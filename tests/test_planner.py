@@ -148,7 +148,9 @@ def test_priors_judge_unmeasured_tiers_and_a_measurement_replaces_them():
     scheduler.record(fast, 1.5)  # the first measurement replaces the prior (no smoothing with it)
     assert scheduler.estimate(fast) == 1.5 and scheduler.measured(fast)
     scheduler.record(fast, 0.5)
-    assert scheduler.estimate(fast) == 1.0  # later ones are smoothed
+    assert scheduler.estimate(fast) == 0.5  # a lower cost replaces the estimate at once (load has gone)
+    scheduler.record(fast, 1.5)
+    assert scheduler.estimate(fast) == 1.0  # a higher one is smoothed
     for _ in range(30):
         scheduler.choose(0.01)  # skips: measured estimates relax, priors do not
     assert scheduler.estimate(full) == 10.0 and scheduler.estimate(fast) < 0.1
