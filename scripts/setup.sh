@@ -23,17 +23,19 @@ STAMP="$VENV/.livedub-setup-$stamp_input"
 if [ -f "$STAMP" ]; then exit 0; fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# -qq: only errors. A machine whose pip configuration names find-links folders that do not exist would
+# otherwise print a WARNING per package, although nothing failed.
 PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip
+$PIP install -qq --upgrade pip
 # The local CPU build of torch first: any other torch requirement would pull GBs of CUDA wheels.
 # On a GPU machine, install the CUDA torch you want before running this script; it is then kept.
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-  $PIP install -q "torch==2.13.0"
+  $PIP install -qq "torch==2.13.0"
 fi
-$PIP install -q -e "$ROOT[test]"
+$PIP install -qq -e "$ROOT[test]"
 # mediapipe 0.10.21 is the last release that bundles its face-mesh model (Apache-2.0). Its declared
 # dependencies pin numpy<2 and pull jax; installed without them plus what it really imports, it runs on numpy 2.
-$PIP install -q --no-deps "mediapipe==0.10.21"
-$PIP install -q absl-py attrs flatbuffers "protobuf>=4.25.3,<5" matplotlib
+$PIP install -qq --no-deps "mediapipe==0.10.21"
+$PIP install -qq absl-py attrs flatbuffers "protobuf>=4.25.3,<5" matplotlib
 touch "$STAMP"
 echo "setup: done ($VENV)"
