@@ -35,7 +35,9 @@ fi
 $PIP install -qq -e "$ROOT[test]"
 # mediapipe 0.10.21 is the last release that bundles its face-mesh model (Apache-2.0). Its declared
 # dependencies pin numpy<2 and pull jax; installed without them plus what it really imports, it runs on numpy 2.
-$PIP install -qq --no-deps "mediapipe==0.10.21"
+# What it imports first, mediapipe last: pip checks the installed set after each install, and would report
+# mediapipe's declared (unwanted) dependencies as an ERROR although nothing failed.
 $PIP install -qq absl-py attrs flatbuffers "protobuf>=4.25.3,<5" matplotlib
+$PIP install -qq --no-deps "mediapipe==0.10.21"
 touch "$STAMP"
 echo "setup: done ($VENV)"
