@@ -30,7 +30,7 @@ from model.infinitetalk.fp8 import fp8_compute_refusal
 from model.infinitetalk.audio_features import SAMPLES_PER_FRAME, chunk_features
 from model.infinitetalk.components import Components, load_components
 from model.infinitetalk.layout import WeightsLayout
-from model.infinitetalk.live_tiers import declare_ladder
+from model.infinitetalk.live_tiers import declare_ladder, scaled_size
 from model.infinitetalk.lora import DEFAULT_SCALE, merge_lora
 from model.infinitetalk.overlap import Events, SideWorker, emit, hand_over, request_key
 from model.infinitetalk.parallel import MODES as PARALLEL_MODES
@@ -208,7 +208,7 @@ class InfiniteTalkGenerator:
         if (request.num_frames - 1) % 4:
             raise InputError(f"chunk of {request.num_frames} frames: InfiniteTalk needs 4k+1 frames")
         with emit(self.events, "prepare", request.index):
-            size = _scaled_size(request.size, request.tier.scale)
+            size = scaled_size(request.size, request.tier.scale)
             reference = self._frames(request.reference_frame[None], size)  # [1, 3, 1, h, w]
             source = None
             if self.options.sdedit is not None and request.source_frames is not None:
@@ -373,13 +373,6 @@ def _coerce(name: str, value, default):
 
 def _pick(value, default):
     return default if value is None else value
-
-
-def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    """Tier.scale: render at that fraction of the output size (multiples of 16, at least 64 px)."""
-    if scale >= 1.0:
-        return tuple(size)
-    return tuple(min(side, max(64, int(round(side * scale / 16)) * 16)) for side in size)
 
 
 def _whole_frames(seconds: float) -> float:
