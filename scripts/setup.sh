@@ -7,15 +7,26 @@ VENV="${LIVEDUB_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
 # Debian packages used at run or test time: espeak-ng (synthetic speech for tests), codec2-examples (real speech
-# for the demo), mosquitto (MQTT tests), chromium + chromium-driver (browser tests), openssl (MQTT TLS test).
-APT_PACKAGES="espeak-ng codec2-examples mosquitto mosquitto-clients chromium chromium-driver openssl"
+# for the demo), mosquitto (MQTT tests), chromium + chromium-driver (browser tests), openssl (MQTT TLS test),
+# nginx + its RTMP module (RTMP/HLS output tests), srt-tools (srt-live-transmit: SRT out and in; PyAV's
+# bundled FFmpeg has no SRT protocol).
+APT_PACKAGES="espeak-ng codec2-examples mosquitto mosquitto-clients chromium chromium-driver openssl
+  nginx libnginx-mod-rtmp srt-tools"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:$missing"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # apt and debconf print notes on stderr (e.g. "delaying package configuration") although nothing
+  # failed: keep them in a log, shown only when the install fails.
+  apt_log="$(mktemp)"
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+         --no-install-recommends $missing; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2; rm -f "$apt_log"; echo "setup: installing Debian packages failed" >&2; exit 1
+  fi
+  rm -f "$apt_log"
+  # Debian starts nginx as a service on install where it can; the tests start their own on loopback.
+  if command -v service >/dev/null 2>&1; then $SUDO service nginx stop >/dev/null 2>&1 || true; fi
 fi
 
 stamp_input="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16)"
