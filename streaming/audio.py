@@ -8,6 +8,7 @@ integrated, gated), and ``RunningLoudness`` gives the same measure incrementally
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import av
 import numpy as np
@@ -23,8 +24,11 @@ from model.loudness import (  # noqa: F401 - re-exported: the offline loudness m
 VAD_FRAME_SAMPLES = 480  # 30 ms at 16 kHz
 
 
-def load_audio(path: str | os.PathLike) -> np.ndarray:
-    """Decode the first audio stream of ``path`` (wav, flac, mp3, m4a, the audio of a video...) to 16 kHz mono."""
+def load_audio(path: str | os.PathLike, listener: Callable[[av.AudioFrame], None] | None = None) -> np.ndarray:
+    """Decode the first audio stream of ``path`` (wav, flac, mp3, m4a, the audio of a video...) to 16 kHz mono.
+
+    ``listener`` also gets every decoded frame (timestamps cleared), so that what listeners hear
+    (streaming/playback.py) comes from the same single decode."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"audio file not found: {path} (give a wav, flac, mp3, m4a or a video with sound)")
@@ -60,6 +64,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
                     resampler = av.AudioResampler(format="flt", layout=layout_name, rate=AUDIO_RATE)
                 for out in resampler.resample(frame):
                     samples.append(_mono(out, channels))
+                if listener is not None:
+                    listener(frame)
             for out in resampler.resample(None) if resampler else []:
                 samples.append(_mono(out, channels))
         except InputError:

@@ -14,7 +14,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from model.base import AUDIO_RATE, FPS, Generator
+from model.base import FPS, Generator
 from model.registry import build_generator
 from model.speakers import MAX_FACES, SpeakerError, SpeakerFaces
 from streaming.audio import VoiceActivity, integrated_loudness, is_silent_loudness, load_audio, loudness_gain
@@ -22,6 +22,7 @@ from streaming.chunker import ChunkPlan, frames_for_samples
 from streaming.engine import AudioTrack, ChunkEngine, ChunkReport
 from streaming.errors import InputError
 from streaming.media import Mp4Writer, check_output_path
+from streaming.playback import PLAYBACK_RATE, PlaybackSpeech, mix_playback, spool_folder
 from streaming.source import VideoSource
 
 
@@ -46,11 +47,14 @@ class DubReport:
     size: tuple[int, int]
     seconds: float
     chunks: list[ChunkReport]
+    speech: str = ""  # the output's sound, e.g. "48 kHz stereo (downmixed from 8 channels)"
 
     def summary(self) -> str:
         rate = self.frames / self.seconds if self.seconds > 0 else float("inf")
         line = (f"wrote {self.output}: {self.frames} frames ({self.frames / FPS:.2f} s) at "
                 f"{self.size[1]}x{self.size[0]}, {len(self.chunks)} chunks, {rate:.1f} fps")
+        if self.speech:
+            line += f", speech {self.speech}"
         missed = [c.index for c in self.chunks if c.info.get("face_found") is False]
         if missed:
             line += f"; no face found in {len(missed)} of {len(self.chunks)} chunks (those frames are unchanged)"
@@ -70,8 +74,24 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
         raise InputError(f"bad colour-correction strength {settings.color_correction}: accepted is 0..1")
     if second_audio_path is None and settings.speaker_faces is not None:
         raise InputError("speaker faces were given for one speech file: they need a second speech file (AUDIO2)")
-    speech = load_speech(audio_path)
-    second = None if second_audio_path is None else load_speech(second_audio_path, second=True)
+    # What listeners hear: the files as they are, at 48 kHz (the models get 16 kHz mono at -23 LUFS).
+    heard = PlaybackSpeech(spool_folder(output_path))
+    heard_second = None if second_audio_path is None else PlaybackSpeech(spool_folder(output_path))
+    try:
+        return _dub(source_path, output_path, settings, progress, generator, audio_path, second_audio_path,
+                    heard, heard_second)
+    finally:
+        heard.close()
+        if heard_second is not None:
+            heard_second.close()
+
+
+def _dub(source_path: str, output_path: str, settings: DubSettings, progress, generator: Generator | None,
+         audio_path: str, second_audio_path: str | None, heard: PlaybackSpeech,
+         heard_second: PlaybackSpeech | None) -> DubReport:
+    speech = load_speech(audio_path, playback=heard)
+    second = None if second_audio_path is None else load_speech(second_audio_path, second=True,
+                                                                 playback=heard_second)
     total_frames = frames_for_samples(max(speech.size, 0 if second is None else second.size))
     source = VideoSource(source_path, settings.size, settings.source_end, settings.keyframe_interval)
     if second is not None:
@@ -90,12 +110,14 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     if second is not None:
         engine.speaker_faces = faces
         second_track = AudioTrack(second)
-    heard = speech if second is None else mix_speech(speech, second)
+    if heard_second is not None:
+        heard = mix_playback(heard, heard_second, spool_folder(output_path))
     reports: list[ChunkReport] = []
     started = time.perf_counter()
     written = 0
     try:
-        with Mp4Writer(output_path, source.size, audio=heard[: total_frames * AUDIO_RATE // FPS]) as writer:
+        with Mp4Writer(output_path, source.size, audio=heard.samples[: total_frames * PLAYBACK_RATE // FPS],
+                       audio_rate=PLAYBACK_RATE) as writer:
             engine.prefetch(0, track, audio_end_frame=total_frames, second_audio=second_track)  # a generator that prepares ahead starts now
             for chunk in plan.chunks(total_frames):
                 request = engine.request(chunk.index, track, audio_end_frame=total_frames, second_audio=second_track)
@@ -113,15 +135,20 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     finally:
         if owned:
             generator.close()
-    return DubReport(output_path, written, source.size, time.perf_counter() - started, reports)
+        if heard_second is not None:
+            heard.close()  # the mix's spool (the callers close the speakers' own)
+    return DubReport(output_path, written, source.size, time.perf_counter() - started, reports, heard.describe())
 
 
 MIN_SPEECH_FRACTION = 0.02  # a second speaker's file with less of its 30 ms frames heard as speech has none
 
 
-def load_speech(path: str, second: bool = False) -> np.ndarray:
-    """A speech file as 16 kHz mono, loudness-normalised (the official ``loudness_norm`` to -23 LUFS)."""
-    speech = load_audio(path)
+def load_speech(path: str, second: bool = False, playback: PlaybackSpeech | None = None) -> np.ndarray:
+    """A speech file as 16 kHz mono, loudness-normalised (the official ``loudness_norm`` to -23 LUFS): what
+    the models get. ``playback`` is filled from the same decode with what listeners hear (not normalised)."""
+    speech = load_audio(path, playback)
+    if playback is not None:
+        playback.finish()
     if frames_for_samples(speech.size) == 0:
         raise InputError(f"audio in {path} is shorter than one frame (0.04 s); give longer speech")
     loudness = integrated_loudness(speech)
@@ -133,15 +160,6 @@ def load_speech(path: str, second: bool = False) -> np.ndarray:
         raise InputError(f"no speech heard in {path} (webrtcvad finds none); give the second speaker's speech")
     speech *= np.float32(loudness_gain(loudness))  # in place
     return speech
-
-
-def mix_speech(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Both speakers in one track (the longer one's length), scaled down as a whole when the sum would clip."""
-    mixed = np.zeros(max(first.size, second.size), np.float32)
-    mixed[: first.size] += first
-    mixed[: second.size] += second
-    peak = float(np.abs(mixed).max()) if mixed.size else 0.0
-    return mixed * np.float32(0.99 / peak) if peak > 0.99 else mixed
 
 
 def check_speaker_faces(reference: np.ndarray, faces: SpeakerFaces) -> None:

@@ -17,6 +17,7 @@ from model.base import AUDIO_RATE, FPS
 from streaming.errors import InputError
 
 AAC_FRAME = 1024
+AAC_BITRATE_PER_CHANNEL = 96_000  # 192 kbps stereo: the usual broadcast contribution rate for AAC-LC
 
 
 def check_output_path(path: str | os.PathLike, what: str = "output", example: str = "out.mp4") -> str:
@@ -40,7 +41,7 @@ def check_output_path(path: str | os.PathLike, what: str = "output", example: st
 
 
 class Mp4Writer:
-    """Streams RGB frames and one mono audio track into an mp4; call ``close()`` to publish it."""
+    """Streams RGB frames and one audio track (mono or stereo) into an mp4; call ``close()`` to publish it."""
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], audio: np.ndarray | None = None,
                  audio_rate: int = AUDIO_RATE, crf: int = 18, preset: str = "veryfast") -> None:
@@ -55,12 +56,20 @@ class Mp4Writer:
         self._video.pix_fmt = "yuv420p"
         self._video.time_base = Fraction(1, FPS)
         self._video.options = {"crf": str(crf), "preset": preset}
-        self._audio_samples = None if audio is None else np.asarray(audio, dtype=np.float32)
+        # [n] mono or [n, channels] (1 or 2) samples; a memmap stays on disk: only blocks are read.
+        audio = None if audio is None else np.asarray(audio, np.float32)  # no copy of a float32 memmap
+        self._audio_samples = None if audio is None else (audio if audio.ndim == 2 else audio.reshape(-1, 1))
         self._audio_rate = audio_rate
         self._audio_written = 0
+        self._audio_total: int | None = None  # set at close: the video's length, past the samples is silence
         if self._audio_samples is not None:
+            channels = self._audio_samples.shape[1]
+            if channels not in (1, 2):
+                raise ValueError(f"audio with {channels} channels: accepted are 1 and 2")
+            self._layout = "mono" if channels == 1 else "stereo"
             self._audio = self._container.add_stream("aac", rate=audio_rate)
-            self._audio.layout = "mono"
+            self._audio.layout = self._layout
+            self._audio.bit_rate = AAC_BITRATE_PER_CHANNEL * channels
             self._audio.time_base = Fraction(1, audio_rate)
         self.frames_written = 0
         self._closed = False
@@ -81,15 +90,21 @@ class Mp4Writer:
     def _write_audio(self, until: int) -> None:
         if self._audio_samples is None:
             return
-        until = min(until, self._audio_samples.size)
-        while self._audio_written + AAC_FRAME <= until or (until == self._audio_samples.size
+        end = self._audio_total if self._audio_total is not None else len(self._audio_samples)
+        until = min(until, end)
+        # Whole AAC frames only, until the last one at close: the encoder takes one short frame, at the end.
+        while self._audio_written + AAC_FRAME <= until or (self._audio_total is not None
                                                           and self._audio_written < until):
-            block = self._audio_samples[self._audio_written : min(self._audio_written + AAC_FRAME, until)]
-            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+            last = min(self._audio_written + AAC_FRAME, until)
+            # Past the speech's end (it is shorter than the video): silence, padded block by block.
+            block = np.zeros((last - self._audio_written, self._audio_samples.shape[1]), np.float32)
+            part = self._audio_samples[self._audio_written : last]
+            block[: len(part)] = part
+            frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="flt", layout=self._layout)
             frame.sample_rate = self._audio_rate
             frame.pts = self._audio_written
             self._container.mux(self._audio.encode(frame))
-            self._audio_written += block.size
+            self._audio_written = last
 
     def close(self) -> str:
         """Flush, finish the file and move it to its final name; returns the path."""
@@ -100,11 +115,8 @@ class Mp4Writer:
             self._container.mux(self._video.encode(None))
             if self._audio_samples is not None:
                 # Audio as long as the video: the speech cut (or padded with silence) to the frame count.
-                total = self.frames_written * self._audio_rate // FPS
-                if self._audio_samples.size < total:
-                    self._audio_samples = np.pad(self._audio_samples, (0, total - self._audio_samples.size))
-                self._audio_samples = self._audio_samples[:total]
-                self._write_audio(total)
+                self._audio_total = self.frames_written * self._audio_rate // FPS
+                self._write_audio(self._audio_total)
                 self._container.mux(self._audio.encode(None))
             self._container.close()
             umask = os.umask(0)

@@ -1,0 +1,160 @@
+"""Speech out as it came in: 48 kHz, the input's channels, the input's loudness (the -23 LUFS copy feeds the
+models only). Offline: the mp4 written by ``dub``, read back with PyAV. Live: a stereo WHIP sender over real
+aiortc, heard by a WHEP viewer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import av
+import numpy as np
+import pyloudnorm
+import pytest
+import scipy.signal
+
+from model.base import FPS
+from streaming.audio import integrated_loudness, load_audio
+from streaming.dub import DubSettings, dub
+from tests.conftest import write_wav
+
+RATE = 48_000
+SPEECH_16K = "/usr/share/codec2/raw/speech_orig_16k.wav"  # real read speech (codec2-examples)
+
+
+def real_speech(rate: int, seconds: float, lufs: float = -16.0) -> np.ndarray:
+    """Read speech resampled to ``rate`` at ``lufs`` (its peaks clipped to 0.99)."""
+    speech = load_audio(SPEECH_16K)[: int(16_000 * seconds)]
+    speech = speech * np.float32(10 ** ((lufs - integrated_loudness(speech)) / 20))
+    return np.clip(scipy.signal.resample_poly(speech, rate // 100, 160), -0.99, 0.99).astype(np.float32)
+
+
+def read_audio(path: str) -> tuple[int, np.ndarray, int]:
+    """The first audio stream of ``path``: rate, samples [channels, n] (float), video frame count."""
+    with av.open(path) as container:
+        stream = container.streams.audio[0]
+        rate = stream.rate
+        samples = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    with av.open(path) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    return rate, samples, frames
+
+
+def lag_of(reference: np.ndarray, signal: np.ndarray) -> tuple[int, float]:
+    """The lag (samples) at which ``signal`` best matches ``reference``, and the normalised correlation."""
+    corr = scipy.signal.correlate(signal, reference, mode="full", method="fft")
+    best = int(np.argmax(corr))
+    lag = best - (len(reference) - 1)
+    shifted = signal[max(lag, 0):][: len(reference) - max(-lag, 0)]
+    ref = reference[max(-lag, 0):][: len(shifted)]
+    return lag, float(np.dot(ref, shifted) / (np.linalg.norm(ref) * np.linalg.norm(shifted) + 1e-12))
+
+
+def dub_file(tmp_path, audio_path: str, name: str = "out.mp4", second: str | None = None):
+    from PIL import Image
+
+    still = str(tmp_path / "still.png")
+    image = np.full((64, 64, 3), 90, np.uint8)
+    image[16:48, 16:48] = 200
+    Image.fromarray(image).save(still)
+    out = str(tmp_path / name)
+    report = dub(still, audio_path, out, DubSettings(generator="passthrough", size=(64, 64)),
+                 second_audio_path=second)
+    return out, report
+
+
+def test_stereo_44k_comes_out_48k_stereo_at_its_own_loudness(tmp_path):
+    left = real_speech(44_100, 3.0, lufs=-12.0)
+    t = np.arange(left.size) / 44_100
+    right = (0.6 * np.roll(left, 44_100 // 2) + 0.05 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    path = write_wav(str(tmp_path / "in.wav"), np.stack([left, right], axis=1), 44_100)
+    out, report = dub_file(tmp_path, path)
+    rate, heard, frames = read_audio(out)
+
+    assert rate == RATE and heard.shape[0] == 2
+    assert "48 kHz stereo" in report.summary()
+    # Exactly as long as the video (frames / 25 s); the AAC encoder's priming is trimmed by the edit list.
+    assert frames == report.frames
+    assert abs(heard.shape[1] - frames * RATE // FPS) <= 1024
+    # Each channel is its own input channel, not a mix of both, and in place (no shift).
+    reference = [scipy.signal.resample_poly(channel, 160, 147) for channel in (left, right)]
+    for channel in (0, 1):
+        lag, own = lag_of(reference[channel][:RATE * 2], heard[channel][:RATE * 2])
+        assert abs(lag) <= 2 and own > 0.95, (channel, lag, own)
+        other = np.corrcoef(reference[1 - channel][:RATE * 2], heard[channel][:RATE * 2])[0, 1]
+        assert own - abs(other) > 0.5, (channel, own, other)
+    # The input's loudness, not the models' -23 LUFS: the mono measure of model/loudness.py on both files,
+    # and BS.1770's stereo measure.
+    loudness_in, loudness_out = integrated_loudness(load_audio(path)), integrated_loudness(load_audio(out))
+    assert abs(loudness_in + 23) > 5, loudness_in
+    assert abs(loudness_out - loudness_in) < 0.5, (loudness_in, loudness_out)
+    meter_in, meter_out = pyloudnorm.Meter(44_100), pyloudnorm.Meter(RATE)
+    stereo_in = meter_in.integrated_loudness(np.stack([left, right], axis=1).astype(np.float64))
+    stereo_out = meter_out.integrated_loudness(heard.T.astype(np.float64))
+    assert abs(stereo_out - stereo_in) < 0.5, (stereo_in, stereo_out)
+
+
+def test_mono_stays_mono_and_keeps_its_level(tmp_path):
+    speech = real_speech(16_000, 2.0, lufs=-31.0)  # quiet
+    path = write_wav(str(tmp_path / "in.wav"), speech, 16_000)
+    out, report = dub_file(tmp_path, path)
+    rate, heard, frames = read_audio(out)
+    assert rate == RATE and heard.shape[0] == 1 and "48 kHz mono" in report.summary()
+    assert abs(heard.shape[1] - frames * RATE // FPS) <= 1024
+    loudness_in, loudness_out = integrated_loudness(load_audio(path)), integrated_loudness(load_audio(out))
+    assert abs(loudness_out - loudness_in) < 0.5 and loudness_in < -25, (loudness_in, loudness_out)
+
+
+def test_eight_channels_are_downmixed_to_stereo_and_said_so(tmp_path):
+    t = np.arange(44_100 * 2) / 44_100
+    speech = real_speech(44_100, 2.0, lufs=-24.0)
+    data = np.stack([speech] + [0.05 * np.sin(2 * np.pi * (200 + 60 * i) * t) for i in range(7)],
+                    axis=1)
+    out, report = dub_file(tmp_path, write_wav(str(tmp_path / "in.wav"), data, 44_100))
+    rate, heard, _ = read_audio(out)
+    assert rate == RATE and heard.shape[0] == 2
+    assert "downmixed from 8 channels" in report.summary()
+    assert np.abs(heard).max() > 0.1  # the speech is there
+
+
+def test_two_speakers_mix_at_their_own_levels(tmp_path):
+    first = real_speech(16_000, 2.0, lufs=-20.0)  # mono
+    t = np.arange(48_000 * 3) / 48_000
+    second = np.stack([0.1 * np.sin(2 * np.pi * 440 * t), 0.1 * np.sin(2 * np.pi * 660 * t)], axis=1)
+    from tests.conftest import espeak
+
+    voice = load_audio(espeak(str(tmp_path / "voice.wav"), "A second voice speaks here, slowly and clearly."))
+    voice = scipy.signal.resample_poly(voice, 3, 1)[: int(1.5 * 48_000)] * 0.2  # over before 2 s
+    second[: voice.size] += voice[:, None]  # speech too, or the second file is refused as no speech
+    one = write_wav(str(tmp_path / "one.wav"), first, 16_000)
+    two = write_wav(str(tmp_path / "two.wav"), second, 48_000)
+    # Two faces for the speakers: the astronaut twice, side by side.
+    from PIL import Image
+    from skimage import data
+
+    face = np.asarray(Image.fromarray(data.astronaut()).resize((160, 160)))
+    still = str(tmp_path / "two.png")
+    Image.fromarray(np.concatenate([face, face], axis=1)).save(still)
+    out = str(tmp_path / "mix.mp4")
+    report = dub(still, one, out, DubSettings(generator="passthrough", size=(160, 320)), second_audio_path=two)
+    rate, heard, frames = read_audio(out)
+    assert rate == RATE and heard.shape[0] == 2 and abs(heard.shape[1] - frames * RATE // FPS) <= 1024
+    assert frames == 3 * FPS  # the longer file's length
+    # The tone of speaker 2's right channel is in the right channel only, at its own level (0.1 peak).
+    spectrum = lambda x: np.abs(np.fft.rfft(x[RATE * 2 + 2400 : RATE * 3 - 2400]))  # noqa: E731 - after speaker 1
+    freqs = np.fft.rfftfreq(RATE - 4800, 1 / RATE)
+    right, left = spectrum(heard[1]), spectrum(heard[0])
+    at = lambda s, f: s[np.argmin(np.abs(freqs - f))]  # noqa: E731
+    assert at(right, 660) > 20 * at(left, 660) and at(left, 440) > 20 * at(right, 440)
+    tone_level = np.sqrt(2) * np.sqrt(np.mean(heard[0][RATE * 2 + 2400 : RATE * 3 - 2400] ** 2))
+    assert abs(tone_level - 0.1) < 0.01, tone_level  # the file's own level, not normalised
+    # Speaker 1 (mono) is in both channels at its own level: what is left when speaker 2's channel is taken out.
+    expected = scipy.signal.resample_poly(first, 3, 1)[: 2 * RATE]
+    for channel in (0, 1):
+        rest = heard[channel][: 2 * RATE] - second[: 2 * RATE, channel]
+        lag, own = lag_of(expected, rest)
+        assert abs(lag) <= 2 and own > 0.95, (channel, lag, own)
+        assert abs(np.std(rest) / np.std(expected) - 1) < 0.05
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
