@@ -1,4 +1,4 @@
-"""Recording received WebRTC frames to an mp4 (H.264 + AAC), both tracks on one timeline.
+"""Recording received WebRTC frames to an mp4 (H.264 + AAC, stereo as received), both tracks on one timeline.
 
 Each track's RTP timestamps have their own random origin; the recorder maps a track's first frame to
 its arrival time (since the first frame of either track) and follows its timestamps from there.
@@ -12,20 +12,27 @@ import av
 import numpy as np
 from av import AudioFrame
 
+from streaming.media import AAC_BITRATE_PER_CHANNEL
+
 VIDEO_BASE = Fraction(1, 90_000)
 AUDIO_RATE = 48_000
 
 
-def to_mono(frame: AudioFrame) -> np.ndarray:
-    """A received audio frame (aiortc decodes Opus to s16, stereo or mono) as mono float32."""
+def to_planar(frame: AudioFrame) -> np.ndarray:
+    """A received audio frame (aiortc decodes Opus to s16, stereo or mono) as float32 ``[channels, n]``."""
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
     if frame.format.is_planar:
-        samples = data.reshape(channels, -1).mean(axis=0)
+        samples = data.reshape(channels, -1)
     else:
-        samples = data.reshape(-1, channels).mean(axis=1)
+        samples = data.reshape(-1, channels).T
     scale = 32768.0 if data.dtype == np.int16 else 1.0
     return (samples / scale).astype(np.float32)
+
+
+def to_mono(frame: AudioFrame) -> np.ndarray:
+    """A received audio frame as mono float32 (its channels averaged)."""
+    return to_planar(frame).mean(axis=0)
 
 
 def place_audio(received: list[tuple[float, int, np.ndarray]]) -> tuple[float, np.ndarray]:
@@ -45,6 +52,7 @@ class Mp4Recorder:
         self._container = av.open(path, mode="w", format="mp4")
         self._video = None
         self._audio = None
+        self._channels = 0  # the audio stream's, from the first audio frame
         self._origin: float | None = None  # arrival of the first frame, either track
         self._offsets: dict[str, tuple[int, float]] = {}  # kind -> (first pts, its seconds on the timeline)
         self._last_video_pts = -1
@@ -77,13 +85,19 @@ class Mp4Recorder:
             image.pts, image.time_base = pts, VIDEO_BASE
             self._container.mux(self._video.encode(image))
         else:
+            samples = to_planar(frame)  # what viewers got: stereo from this server (its Opus is stereo)
             if self._audio is None:
+                self._channels = min(samples.shape[0], 2)
                 self._audio = self._container.add_stream("aac", rate=AUDIO_RATE)
-                self._audio.layout = "mono"
-            mono = AudioFrame.from_ndarray(to_mono(frame)[None, :], format="fltp", layout="mono")
-            mono.sample_rate = AUDIO_RATE
-            mono.pts, mono.time_base = round(seconds * AUDIO_RATE), Fraction(1, AUDIO_RATE)
-            self._container.mux(self._audio.encode(mono))
+                self._audio.layout = "mono" if self._channels == 1 else "stereo"
+                self._audio.bit_rate = AAC_BITRATE_PER_CHANNEL * self._channels
+            if samples.shape[0] != self._channels:  # the first frame fixed the stream's channels
+                samples = np.resize(samples.mean(axis=0), (self._channels, samples.shape[1]))
+            heard = AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp",
+                                            layout="mono" if self._channels == 1 else "stereo")
+            heard.sample_rate = AUDIO_RATE
+            heard.pts, heard.time_base = round(seconds * AUDIO_RATE), Fraction(1, AUDIO_RATE)
+            self._container.mux(self._audio.encode(heard))
         self.frames[kind] += 1
 
     def close(self) -> str:

@@ -25,35 +25,45 @@ BLOCK = 960  # 20 ms
 
 
 def read_speech(path: str) -> np.ndarray:
-    """Any audio file, decoded to 48 kHz mono float32."""
-    with av.open(path) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-        pieces = []
-        for frame in container.decode(audio=0):
-            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    """Any audio file, decoded to 48 kHz float32 at its own level: ``[n]`` when it is mono, else stereo
+    ``[2, n]`` (more channels downmixed by FFmpeg)."""
+    from streaming.playback import PlaybackSpeech
+
+    speech = PlaybackSpeech()
+    try:
+        with av.open(path) as container:
+            for frame in container.decode(audio=0):
+                frame.pts = None
+                speech(frame)
+        speech.finish()
+        samples = np.array(speech.samples.T)  # a copy in memory: the spool goes with ``close``
+    finally:
+        speech.close()
+    return samples[0] if samples.shape[0] == 1 else samples
 
 
 class SpeechTrack(MediaStreamTrack):
-    """Samples sent as 20 ms frames at wall-clock pace, then silence (``end_with_silence``) or the end."""
+    """Samples (``[n]`` mono or ``[2, n]`` stereo) sent as 20 ms stereo frames at wall-clock pace, then
+    silence (``end_with_silence``) or the end. Mono goes out duplicated, at its level: aiortc's encoder would
+    upmix a mono frame at -3 dB a channel."""
 
     kind = "audio"
 
     def __init__(self, samples: np.ndarray, end_with_silence: bool = True) -> None:
         super().__init__()
-        self.samples = np.asarray(samples, np.float32)
+        samples = np.asarray(samples, np.float32)
+        self.samples = np.vstack([samples, samples]) if samples.ndim == 1 else samples  # [2, n]
         self.end_with_silence = end_with_silence
         self.started_at: float | None = None  # monotonic time frame 0 was handed to the sender
         self._index = 0
 
     @property
     def duration(self) -> float:
-        return len(self.samples) / RATE
+        return self.samples.shape[1] / RATE
 
     @property
     def finished(self) -> bool:
-        return self._index * BLOCK >= len(self.samples)
+        return self._index * BLOCK >= self.samples.shape[1]
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -63,14 +73,14 @@ class SpeechTrack(MediaStreamTrack):
         else:
             await asyncio.sleep(max(0.0, self.started_at + self._index * BLOCK / RATE - time.monotonic()))
         start = self._index * BLOCK
-        if start >= len(self.samples) and not self.end_with_silence:
+        if start >= self.samples.shape[1] and not self.end_with_silence:
             self.stop()
             raise MediaStreamError
-        block = np.zeros(BLOCK, np.float32)
-        piece = self.samples[start : start + BLOCK]
-        block[: piece.size] = piece
-        frame = av.AudioFrame.from_ndarray((np.clip(block, -1, 1) * 32767).astype(np.int16)[None, :],
-                                           format="s16", layout="mono")
+        block = np.zeros((2, BLOCK), np.float32)
+        piece = self.samples[:, start : start + BLOCK]
+        block[:, : piece.shape[1]] = piece
+        pcm = (np.clip(block, -1, 1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.T.reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = RATE
         frame.pts = start
         frame.time_base = Fraction(1, RATE)

@@ -199,7 +199,7 @@ class VideoEncoder(_Encoder):
 
 
 class SpeechEncoder(_Encoder):
-    """The session's delayed speech, encoded once with Opus (20 ms packets)."""
+    """The session's delayed speech, encoded once with Opus (20 ms packets, stereo as received)."""
 
     kind = "audio"
     on_loop = True
@@ -224,8 +224,8 @@ class SpeechEncoder(_Encoder):
         return index * AUDIO_BLOCK / AUDIO_CLOCK
 
     def _encode(self, j: int) -> Encoded:
-        mono = (np.clip(self.playout.speech(j), -1.0, 1.0) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2)[None, :], format="s16", layout="stereo")
+        stereo = (np.clip(self.playout.speech(j), -1.0, 1.0) * 32767).astype(np.int16)  # [2, 960], as received
+        frame = av.AudioFrame.from_ndarray(stereo.T.reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = AUDIO_CLOCK
         frame.pts = self.playout.schedule.audio_pts(j)
         frame.time_base = AUDIO_TIME_BASE

@@ -3,8 +3,9 @@
 Sample ``i`` of a ring was captured at session time ``i / rate`` (see streaming/timeline.py). Frames are
 placed by their timestamps, anchored once to the arrival time of the first frame, so network jitter does
 not move them and a gap in the sender's stream stays a gap (zeros). The playout ring keeps the speech as
-received at 48 kHz (what viewers hear, delayed); the model ring keeps 16 kHz mono, loudness-normalised as
-it arrives (what generators get). Both keep only the last ``capacity`` seconds.
+received at 48 kHz, in stereo (mono duplicated), at the sender's level (what viewers hear, delayed); the
+model ring keeps 16 kHz mono, loudness-normalised as it arrives (what generators get). Both keep only the
+last ``capacity`` seconds: 40 s (the default buffer) is 15.4 MB of playout and 2.6 MB of model ring.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from model.base import AUDIO_RATE
 from streaming.audio import RunningLoudness
 
 PLAYOUT_RATE = 48_000
+PLAYOUT_CHANNELS = 2  # WebRTC's Opus is stereo on the wire: a stereo sender stays stereo, mono is duplicated
 # A frame whose timestamp places it further than this from its arrival re-anchors the stream (a sender
 # that restarted its timestamps, or a stall that outlasted the jitter buffer).
 REANCHOR_SECONDS = 0.5
@@ -33,14 +35,18 @@ MODEL_SLACK = AUDIO_RATE * 3 // 100
 
 
 class SampleRing:
-    """Mono float32 samples at absolute indices; only the most recent ``capacity`` samples are kept."""
+    """Float32 samples at absolute indices; only the most recent ``capacity`` samples are kept.
 
-    def __init__(self, rate: int, capacity_seconds: float) -> None:
+    Mono rings read and write ``[n]``; a ring of more channels reads ``[channels, n]`` and takes
+    ``[channels, n]`` or mono ``[n]`` (put on every channel)."""
+
+    def __init__(self, rate: int, capacity_seconds: float, channels: int = 1) -> None:
         self.rate = rate
+        self.channels = channels
         self.capacity = int(round(rate * capacity_seconds))
         if self.capacity < 1:
             raise ValueError("ring capacity must hold at least one sample")
-        self._data = np.zeros(self.capacity, np.float32)
+        self._data = np.zeros((channels, self.capacity), np.float32)
         self.end = 0  # one past the highest index written
 
     @property
@@ -50,36 +56,40 @@ class SampleRing:
 
     def write(self, first: int, samples: np.ndarray) -> None:
         """Store ``samples`` at indices ``[first, first + len)``; a gap before them becomes zeros."""
-        samples = np.asarray(samples, np.float32).reshape(-1)
-        last = first + samples.size
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim == 1:
+            samples = samples[None, :]
+        last = first + samples.shape[1]
         new_end = max(self.end, last)
         new_start = max(0, new_end - self.capacity)
         if samples.size == 0 or last <= new_start:
             return  # nothing, or only samples older than what the ring holds
         gap_from = max(self.end, new_start)
         if first > gap_from:
-            self._put(gap_from, np.zeros(first - gap_from, np.float32))
+            self._put(gap_from, np.zeros((1, first - gap_from), np.float32))
         lo = max(first, new_start)
-        self._put(lo, samples[lo - first :])
+        self._put(lo, samples[:, lo - first :])
         self.end = new_end
 
     def _put(self, first: int, samples: np.ndarray) -> None:
+        """``samples`` [channels or 1, n] at ``first`` (one row is put on every channel)."""
         at = first % self.capacity
-        head = min(samples.size, self.capacity - at)
-        self._data[at : at + head] = samples[:head]
-        self._data[: samples.size - head] = samples[head:]
+        count = samples.shape[1]
+        head = min(count, self.capacity - at)
+        self._data[:, at : at + head] = samples[:, :head]
+        self._data[:, : count - head] = samples[:, head:]
 
     def read(self, first: int, last: int) -> np.ndarray:
         """Samples ``[first, last)``; zeros where nothing was written or the ring no longer holds them."""
-        out = np.zeros(max(0, last - first), np.float32)
+        out = np.zeros((self.channels, max(0, last - first)), np.float32)
         lo, hi = max(first, self.start), min(last, self.end)
         if hi > lo:
             at = lo % self.capacity
             count = hi - lo
             head = min(count, self.capacity - at)
-            out[lo - first : lo - first + head] = self._data[at : at + head]
-            out[lo - first + head : hi - first] = self._data[: count - head]
-        return out
+            out[:, lo - first : lo - first + head] = self._data[:, at : at + head]
+            out[:, lo - first + head : hi - first] = self._data[:, : count - head]
+        return out[0] if self.channels == 1 else out
 
 
 class LiveAudioIngest:
@@ -87,12 +97,13 @@ class LiveAudioIngest:
 
     def __init__(self, capacity_seconds: float, receive_latency: float = RECEIVE_LATENCY) -> None:
         self.receive_latency = receive_latency
-        self.playout = SampleRing(PLAYOUT_RATE, capacity_seconds)
+        self.playout = SampleRing(PLAYOUT_RATE, capacity_seconds, PLAYOUT_CHANNELS)
         self.model = SampleRing(AUDIO_RATE, capacity_seconds)
         self._loudness = RunningLoudness()
         self._anchor: int | None = None  # playout index minus the frame's timestamp in 48 kHz samples
         self._model_next = 0
         self._to_playout: av.AudioResampler | None = None
+        self._playout_layout = ""  # the playout resampler's output: "mono" for a mono sender, else "stereo"
         self._to_model: av.AudioResampler | None = None
         self.frames_received = 0
         self.reanchors = 0
@@ -112,7 +123,12 @@ class LiveAudioIngest:
             stamp = stamp or 0
             self._restart(arrival_index - stamp, arrival_index)
         position = self._anchor + stamp
-        playout = _convert(self._to_playout, frame)
+        layout = "mono" if frame.layout.nb_channels == 1 else "stereo"  # more than 2: FFmpeg's downmix
+        if layout != self._playout_layout:  # by hand, not FFmpeg's upmix: that puts mono at -3 dB
+            self._to_playout = av.AudioResampler(format="flt", layout=layout, rate=PLAYOUT_RATE)
+            self._playout_layout = layout
+        channels = 1 if layout == "mono" else 2
+        playout = _convert(self._to_playout, frame, channels)
         self.playout.write(position, playout)
         model = _convert(self._to_model, frame)
         expected = position * AUDIO_RATE // PLAYOUT_RATE
@@ -131,7 +147,7 @@ class LiveAudioIngest:
         self._anchor = anchor
         # The model ring continues from this frame's place; fresh resamplers carry no stale state.
         self._model_next = max(0, position) * AUDIO_RATE // PLAYOUT_RATE
-        self._to_playout = av.AudioResampler(format="flt", layout="mono", rate=PLAYOUT_RATE)
+        self._playout_layout = ""  # made for the next frame's channels
         self._to_model = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
 
     def end(self) -> None:
@@ -146,7 +162,9 @@ def _stamp_in_samples(frame: av.AudioFrame) -> int | None:
     return int(Fraction(frame.pts) * frame.time_base * PLAYOUT_RATE)
 
 
-def _convert(resampler: av.AudioResampler, frame: av.AudioFrame) -> np.ndarray:
+def _convert(resampler: av.AudioResampler, frame: av.AudioFrame, channels: int = 1) -> np.ndarray:
+    """The frame through ``resampler`` (packed float, ``channels`` out): ``[n]`` mono, ``[channels, n]`` else."""
     frame.pts = None  # the resampler follows the sample count; placement uses the saved stamp
-    pieces = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    pieces = [out.to_ndarray().reshape(-1, channels).T for out in resampler.resample(frame)]
+    samples = np.concatenate(pieces, axis=1) if pieces else np.zeros((channels, 0), np.float32)
+    return samples[0] if channels == 1 else samples

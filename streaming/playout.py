@@ -19,6 +19,8 @@ from model.base import FPS
 from streaming.clock import Clock
 from streaming.timeline import AUDIO_BLOCK, OutputTimeline, SessionClock
 
+SPEECH_CHANNELS = 2
+
 
 class ViewerStats:
     """What one viewer's tracks sent: frame send times (fps, delay) and the A/V offset at sending."""
@@ -78,10 +80,12 @@ class Playout:
         return image
 
     def speech(self, j: int) -> np.ndarray:
-        """48 kHz speech block ``j`` (20 ms), silence before the delay has passed."""
+        """48 kHz speech block ``j`` (20 ms): float32 planar stereo ``[2, 960]`` at the sender's level (a
+        mono sender duplicated), silence before the delay has passed."""
         if j < 0:
-            return np.zeros(AUDIO_BLOCK, np.float32)
-        return self._speech(j * AUDIO_BLOCK, (j + 1) * AUDIO_BLOCK)
+            return np.zeros((SPEECH_CHANNELS, AUDIO_BLOCK), np.float32)
+        block = self._speech(j * AUDIO_BLOCK, (j + 1) * AUDIO_BLOCK)
+        return np.vstack([block, block]) if block.ndim == 1 else block  # a mono source: both channels
 
     def ended(self, seconds: float) -> bool:
         """Whether output at ``seconds`` of output time is past the end (or the session is over)."""

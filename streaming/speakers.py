@@ -46,7 +46,7 @@ class LiveSpeakers:
         return None if self.second is None else self.second.model.read(first, last)
 
     def playout(self, first: int, last: int) -> np.ndarray:
-        """What viewers hear at 48 kHz: speaker 1, plus speaker 2 when there is one (clipped, not scaled:
+        """What viewers hear at 48 kHz, stereo ``[2, n]``: speaker 1, plus speaker 2 when there is one (clipped, not scaled:
         two people rarely peak together, and a constant gain would make speaker 1 quieter for good)."""
         samples = self.first.playout.read(first, last)
         if self.second is not None:

@@ -44,7 +44,8 @@ def test_ingest_places_frames_by_timestamp_from_the_first_arrival():
         ingest.push(audio_frame(tone[k * 960 : (k + 1) * 960], 5000 + k * 960), 1.0 + k * 0.02 + jitter)
     assert ingest.reanchors == 0
     playout = ingest.playout.read(48_000, 96_000)
-    np.testing.assert_allclose(playout, tone, atol=2e-4)  # placed at 1.0 s exactly, jitter ignored
+    # Placed at 1.0 s exactly, jitter ignored; mono on both channels at its own level.
+    np.testing.assert_allclose(playout, np.stack([tone, tone]), atol=2e-4)
     assert ingest.playout.read(0, 48_000).max() == 0
     model = ingest.model.read(16_000, 32_000)
     assert abs(ingest.model.end - 32_000) <= 480
