@@ -158,3 +158,75 @@ def test_two_speakers_mix_at_their_own_levels(tmp_path):
 
 def run(coroutine):
     return asyncio.run(coroutine)
+
+
+# ---- live: stereo over real aiortc ---------------------------------------------------------------------------
+
+LIVE_DELAY = 4.2  # test_server_webrtc's: the passthrough's minimum is 3.56 s, with room on a busy machine
+LIVE_SECONDS = 2.5
+
+
+def live_stereo() -> np.ndarray:
+    """Different speech on each channel, at different levels: read speech left, a quieter, later part of
+    the same recording right."""
+    from _server_support import speech_48k
+
+    speech = speech_48k(LIVE_SECONDS + 3.0)
+    left = speech[: int(LIVE_SECONDS * RATE)] * np.float32(0.8 / np.abs(speech).max())
+    right = speech[int(3.0 * RATE) :][: left.size] * np.float32(0.25 / np.abs(speech).max())
+    return np.stack([left, right])
+
+
+def content_lag(sent: np.ndarray, received: np.ndarray) -> tuple[int, float]:
+    """Samples by which ``received`` lags ``sent`` (by content) and the normalised correlation there."""
+    corr = scipy.signal.correlate(received.astype(np.float64), sent.astype(np.float64), mode="valid", method="fft")
+    lag = int(np.argmax(corr))
+    part = received[lag : lag + sent.size]
+    return lag, float(np.dot(part, sent) / (np.linalg.norm(part) * np.linalg.norm(sent) + 1e-12))
+
+
+@pytest.mark.slow
+async def test_live_stereo_reaches_a_whep_viewer_as_sent(tmp_path, monkeypatch):
+    import aiohttp
+
+    from _server_support import control_url, loopback_candidates, start_server
+    from client.control import ControlClient
+    from client.recorder import place_audio, to_planar
+    from client.webrtc import Publisher, SpeechTrack, Viewer
+
+    loopback_candidates(monkeypatch)
+    sent = live_stereo()
+    heard: list[tuple[float, int, np.ndarray]] = []
+    server = await start_server(str(tmp_path / "sources"), size="64x64")
+    try:
+        async with ControlClient(control_url(server)) as control, aiohttp.ClientSession() as http:
+            created = await control.request("create", source="red", delay=LIVE_DELAY)
+            viewer = Viewer(http, lambda kind, frame, arrival: kind == "audio" and heard.append(
+                (arrival, frame.pts, to_planar(frame))))
+            await viewer.watch(created["whep"], video=False)
+            track = SpeechTrack(sent)
+            publisher = Publisher(http)
+            await publisher.publish(created["whip"], track)
+            while not track.finished:
+                await asyncio.sleep(0.2)
+            await control.request("end_ingest", session=created["session"])  # the session plays it out and ends
+            await asyncio.wait_for(viewer.ended.wait(), LIVE_DELAY + 10)
+            await publisher.close(delete=False)
+            await viewer.close(delete=False)
+    finally:
+        await server.stop()
+
+    assert heard and all(samples.shape[0] == 2 for _, _, samples in heard)  # Opus stereo
+    channels = [place_audio([(a, pts, samples[c]) for a, pts, samples in heard])[1] for c in (0, 1)]
+    # The first 2 s: the last of the speech may still be on its way when the ingest is ended.
+    lags, compared = [], sent[:, : 2 * RATE]
+    for c in (0, 1):
+        lag, own = content_lag(compared[c], channels[c])
+        other = content_lag(compared[1 - c], channels[c])[1]
+        assert own > 0.75 and abs(other) < 0.3, (c, own, other)  # its own channel (Opus), not a mix of both
+        part = channels[c][lag : lag + compared.shape[1]]
+        gain_db = 20 * np.log10(np.std(part) / np.std(compared[c]))
+        assert abs(gain_db) < 0.5, (c, gain_db)  # the sender's level: no normalisation on the way
+        lags.append(lag)
+        print(f"channel {c}: correlation {own:.2f} with its own, {other:.2f} with the other; level {gain_db:+.2f} dB")
+    assert abs(lags[0] - lags[1]) <= 2  # both channels on one timeline
