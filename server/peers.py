@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Callable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -50,7 +51,23 @@ async def _set_offer(pc: RTCPeerConnection, offer: Offer) -> None:
 async def _answer(pc: RTCPeerConnection, offer: Offer) -> str:
     await _set_offer(pc, offer)
     await pc.setLocalDescription(await pc.createAnswer())
-    return pc.localDescription.sdp
+    return stereo_opus(pc.localDescription.sdp)
+
+
+OPUS_STEREO = "stereo=1;sprop-stereo=1"
+
+
+def stereo_opus(sdp: str) -> str:
+    """The answer with Opus in stereo both ways (RFC 7587): a browser sends mono unless the answer asks for
+    stereo. aiortc decodes and encodes Opus in stereo whatever the SDP says, so only the peer reads this."""
+    for payload in re.findall(r"^a=rtpmap:(\d+) opus/48000/2\r?$", sdp, re.M | re.I):
+        fmtp = re.search(rf"^a=fmtp:{payload} ([^\r\n]*)", sdp, re.M)
+        if fmtp is None:
+            sdp = re.sub(rf"^(a=rtpmap:{payload} opus/48000/2)(\r?)$", rf"\1\2\na=fmtp:{payload} {OPUS_STEREO}\2",
+                         sdp, flags=re.M | re.I)
+        elif "stereo=" not in fmtp.group(1):
+            sdp = sdp[: fmtp.end(1)] + ";" + OPUS_STEREO + sdp[fmtp.end(1) :]
+    return sdp
 
 
 async def _drain(track: MediaStreamTrack, handle: Callable | None, ended: Callable[[], None] | None) -> None:
@@ -186,7 +203,7 @@ async def open_viewer(session: LiveSession, egress: Egress, viewer_id: str, offe
                 peer.pc.addTrack(track)
                 peer.tracks.append(track)
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
-        return peer, peer.pc.localDescription.sdp
+        return peer, stereo_opus(peer.pc.localDescription.sdp)
     except Exception:
         session.playout.forget_viewer(viewer_id)  # the tracks registered the viewer
         await peer.close()

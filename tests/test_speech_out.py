@@ -162,6 +162,59 @@ def run(coroutine):
 
 # ---- live: stereo over real aiortc ---------------------------------------------------------------------------
 
+def stereo_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
+    """``[2, n]`` float samples as a packed s16 stereo frame, as aiortc's Opus decoder hands them over."""
+    from fractions import Fraction
+
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout="stereo")
+    frame.sample_rate, frame.pts, frame.time_base = RATE, pts, Fraction(1, RATE)
+    return frame
+
+
+@pytest.mark.parametrize("stereo", [True, False])
+def test_playout_speech_is_planar_stereo_as_received(stereo):
+    """What the output encoders read (Playout.speech): [2, 960] float32, the sender's channels and level;
+    a mono sender on both channels at its level. The model ring stays 16 kHz mono, normalised."""
+    from streaming.ingest import LiveAudioIngest
+    from streaming.playout import Playout
+    from streaming.timeline import AUDIO_BLOCK
+
+    ingest = LiveAudioIngest(capacity_seconds=5, receive_latency=0.0)
+    t = np.arange(2 * RATE) / RATE
+    sent = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.05 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+    for k in range(sent.shape[1] // AUDIO_BLOCK):
+        block = sent[:, k * AUDIO_BLOCK : (k + 1) * AUDIO_BLOCK]
+        if stereo:
+            ingest.push(stereo_frame(block, k * AUDIO_BLOCK), k * 0.02)
+        else:
+            from _server_support import audio_frame
+
+            ingest.push(audio_frame(block[0], k * AUDIO_BLOCK), k * 0.02)
+    playout = Playout(None, None, None, ingest.playout.read)
+    expected = sent if stereo else np.stack([sent[0], sent[0]])
+    for j in (0, 10, 99):
+        block = playout.speech(j)
+        assert block.shape == (2, AUDIO_BLOCK) and block.dtype == np.float32
+        np.testing.assert_allclose(block, expected[:, j * AUDIO_BLOCK : (j + 1) * AUDIO_BLOCK], atol=2e-4)
+    assert playout.speech(-1).shape == (2, AUDIO_BLOCK) and not playout.speech(-1).any()
+    model = ingest.model.read(8000, 24000)
+    assert model.ndim == 1 and abs(integrated_loudness(model) + 23) < 1.5  # the models' copy: -23 LUFS
+
+
+def test_answers_ask_for_stereo_opus():
+    from server.peers import stereo_opus
+
+    chrome = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+              "a=fmtp:111 minptime=10;useinbandfec=1\r\n")
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1\r\n" in stereo_opus(chrome)
+    assert stereo_opus(stereo_opus(chrome)) == stereo_opus(chrome)
+    bare = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    assert stereo_opus(bare) == ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\n"
+                                 "a=fmtp:96 stereo=1;sprop-stereo=1\r\na=rtpmap:0 PCMU/8000\r\n")
+    assert stereo_opus("v=0\r\nm=audio 9 UDP 0\r\na=rtpmap:0 PCMU/8000\r\n").count("fmtp") == 0
+
+
 LIVE_DELAY = 4.2  # test_server_webrtc's: the passthrough's minimum is 3.56 s, with room on a busy machine
 LIVE_SECONDS = 2.5
 
@@ -207,6 +260,8 @@ async def test_live_stereo_reaches_a_whep_viewer_as_sent(tmp_path, monkeypatch):
             track = SpeechTrack(sent)
             publisher = Publisher(http)
             await publisher.publish(created["whip"], track)
+            # Both answers ask for Opus in stereo, as a browser needs to send (and decode) stereo.
+            assert "stereo=1" in publisher.pc.remoteDescription.sdp and "stereo=1" in viewer.pc.remoteDescription.sdp
             while not track.finished:
                 await asyncio.sleep(0.2)
             await control.request("end_ingest", session=created["session"])  # the session plays it out and ends

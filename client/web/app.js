@@ -159,8 +159,22 @@ function waitForIce(pc) {
   });
 }
 
+// Opus in stereo (RFC 7587 stereo=1): a browser decodes what it receives as mono unless its own offer
+// asks for stereo (the server's answer asks the same of what the browser sends).
+function stereoOpus(sdp) {
+  const payload = (sdp.match(/^a=rtpmap:(\d+) opus\/48000\/2\r?$/im) || [])[1];
+  if (!payload) return sdp;
+  const fmtp = new RegExp(`^a=fmtp:${payload} ([^\r\n]*)`, "m");
+  if (fmtp.test(sdp)) {
+    return sdp.replace(fmtp, (line, params) => (/stereo=/.test(params) ? line : `${line};stereo=1;sprop-stereo=1`));
+  }
+  return sdp.replace(new RegExp(`^(a=rtpmap:${payload} opus/48000/2)(\r?)$`, "im"),
+                     `$1$2\na=fmtp:${payload} stereo=1;sprop-stereo=1$2`);
+}
+
 async function negotiate(pc, url) {
-  await pc.setLocalDescription(await pc.createOffer());
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription({ type: "offer", sdp: stereoOpus(offer.sdp) });
   await waitForIce(pc);
   const response = await fetch(url, {
     method: "POST", body: pc.localDescription.sdp,
@@ -190,7 +204,9 @@ function countFrames(video, startedAt) {
 
 async function speechStream() {
   const input = $("input").value;
-  if (input === "mic") return navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  if (input === "mic") {  // a stereo interface stays stereo where the browser allows it
+    return navigator.mediaDevices.getUserMedia({ audio: { channelCount: { ideal: 2 } }, video: false });
+  }
   let data;
   if (input === "demo") {
     const response = await fetch("/demo/speech.wav");
