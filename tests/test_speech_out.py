@@ -156,9 +156,6 @@ def test_two_speakers_mix_at_their_own_levels(tmp_path):
         assert abs(np.std(rest) / np.std(expected) - 1) < 0.05
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
-
 
 # ---- live: stereo over real aiortc ---------------------------------------------------------------------------
 
