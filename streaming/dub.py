@@ -22,6 +22,7 @@ from streaming.chunker import ChunkPlan, frames_for_samples
 from streaming.engine import AudioTrack, ChunkEngine, ChunkReport
 from streaming.errors import InputError
 from streaming.media import Mp4Writer, check_output_path
+from streaming.region import region_finder
 from streaming.source import VideoSource
 
 
@@ -80,11 +81,15 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
             check_speaker_faces(source.frame(0), faces)
         except SpeakerError as exc:
             raise InputError(str(exc)) from None
+    # An output size the generator does not work at: it works on a region around the speaker.
+    region, options = region_finder(settings.size, settings.generator, settings.generator_options, source.size,
+                                    1 if second is None else 2)
+    settings = dataclasses.replace(settings, generator_options=options)
     owned = generator is None
     generator = generator or _build(settings)
     plan = ChunkPlan()
     engine = ChunkEngine(source, generator, plan, settings.keyframe_interval, settings.color_correction,
-                         settings.seed)
+                         settings.seed, region)
     track = AudioTrack(speech)
     second_track = None
     if second is not None:
@@ -104,7 +109,7 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
                 result = generator.generate(request)
                 frames = engine.accept(request, result)
                 keep = plan.output_range(chunk.index, total_frames)
-                writer.write(frames[: len(keep)])
+                writer.write(engine.compose(chunk.index, chunk.new_start, frames[: len(keep)]))
                 written += len(keep)
                 reports.append(engine.report(request, result))
                 engine.release(chunk.index + 1)
@@ -113,6 +118,8 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     finally:
         if owned:
             generator.close()
+        if region is not None:
+            region.close()
     return DubReport(output_path, written, source.size, time.perf_counter() - started, reports)
 
 

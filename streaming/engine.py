@@ -4,6 +4,10 @@ Shared by offline dubbing and live sessions: the request for chunk k (audio wind
 margins, nearest keyframe as reference, the last output frames as context, the source frames of the
 window) and what happens to a result (colour correction against the chunk's reference, then the new
 context is taken from the corrected frames, as the official loop does).
+
+With a region finder (an output size the generator does not work at, streaming/region.py), each chunk
+has a framing: the generator sees that region of the source frames at its own size, and ``compose`` puts
+its frames back into the source-size frames (streaming/composite.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from model.speakers import SpeakerFaces
 from streaming.audio import VoiceActivity
 from streaming.chunker import Chunk, ChunkPlan, nearest_keyframe
 from streaming.color import match_colors_uint8
+from streaming.composite import crop, paste
+from streaming.region import Framing, RegionFinder
 from streaming.source import VideoSource
 
 
@@ -56,7 +62,8 @@ class ChunkEngine:
     """Builds each chunk's request and turns its result into output frames, carrying the context."""
 
     def __init__(self, source: VideoSource, generator: Generator, plan: ChunkPlan = ChunkPlan(),
-                 keyframe_interval: int = 72, color_strength: float | None = None, seed: int = 42) -> None:
+                 keyframe_interval: int = 72, color_strength: float | None = None, seed: int = 42,
+                 region: RegionFinder | None = None) -> None:
         self.source = source
         self.generator = generator
         self.plan = plan
@@ -67,6 +74,11 @@ class ChunkEngine:
         self._vad = VoiceActivity()
         # Which face each speaker animates, used by requests that carry a second speech track.
         self.speaker_faces = SpeakerFaces()
+        # The generator's region of the source frames, per chunk (None: it works on whole frames).
+        self.region = region
+        self._framings: dict[int, Framing] = {}
+        self._last_framing: Framing | None = None  # of the last chunk requested
+        self._context_framing: Framing | None = None  # the region the context frames show
 
     def reference_index(self, chunk: Chunk) -> int:
         return nearest_keyframe(chunk.start_frame, self.keyframe_interval)
@@ -77,6 +89,9 @@ class ChunkEngine:
         context = self._context if index > 0 else None
         if index > 0 and context is None:
             raise RuntimeError(f"chunk {index} requested before chunk {index - 1} was accepted")
+        self._last_framing = self.framing(index)
+        if context is not None and _moved(self._context_framing, self._last_framing):
+            context = self._reframe(context, self.plan.chunk(index).start_frame)
         return self._request(index, audio, audio_end_frame, tier, context, second_audio)
 
     def prefetch(self, index: int, audio: AudioBuffer, audio_end_frame: int | None = None,
@@ -95,8 +110,8 @@ class ChunkEngine:
         chunk = self.plan.chunk(index)
         first, last, offset = self.plan.audio_span(chunk, self.generator.audio_margins)
         reference_index = self.reference_index(chunk)
-        reference = self.source.frame(reference_index)
-        window = None if self.source.is_still else self.source.frames(chunk.start_frame, chunk.num_frames)
+        reference = self._seen(self.source.frame(reference_index), index)
+        window = None if self.source.is_still else self.seen_frames(index, chunk.start_frame, chunk.num_frames)
         return ChunkRequest(
             index=index, start_frame=chunk.start_frame, num_frames=chunk.num_frames,
             audio=audio.read(first, last), audio_offset=offset,
@@ -115,11 +130,14 @@ class ChunkEngine:
                                f"expected {expected} uint8")
         if self.color_strength > 0 and not getattr(self.generator, "applies_color_correction", False):
             frames = match_colors_uint8(frames, request.reference_frame, self.color_strength)
-        self.set_context(frames, request.context_frames)
+        self.set_context(frames, request.context_frames, request.index)
         return frames
 
-    def set_context(self, new_frames: np.ndarray, previous_context: np.ndarray | None = None) -> None:
-        """Carry the last output frames into the next chunk (also used when a fallback filled the slot)."""
+    def set_context(self, new_frames: np.ndarray, previous_context: np.ndarray | None = None,
+                    index: int | None = None) -> None:
+        """Carry the last output frames into the next chunk (also used when a fallback filled the slot);
+        they show chunk ``index``'s region (by default the last chunk requested)."""
+        self._context_framing = self._framings.get(index, self._last_framing)
         if self.plan.context == 0:
             self._context = new_frames[:0]
             return
@@ -131,6 +149,52 @@ class ChunkEngine:
     def release(self, next_index: int) -> None:
         """Free source frames no later chunk needs."""
         self.source.release_before(self.plan.chunk(next_index).start_frame)
+        for old in [i for i in self._framings if i < next_index - 1]:
+            del self._framings[old]
+
+    # ---- the generator's region ----------------------------------------------------------------------
+    def framing(self, index: int) -> Framing | None:
+        """Chunk ``index``'s region (chosen once, from its first and last source frames)."""
+        if self.region is None:
+            return None
+        if index not in self._framings:
+            chunk = self.plan.chunk(index)
+            ends = (chunk.start_frame,) if self.source.is_still else (chunk.start_frame, chunk.end_frame - 1)
+            self._framings[index] = self.region.choose([self.source.frame(i) for i in ends])
+        return self._framings[index]
+
+    def seen_frames(self, index: int, start: int, count: int) -> np.ndarray:
+        """Source frames ``[start, start + count)`` as the generator sees them in chunk ``index``."""
+        return np.stack([self._seen(self.source.frame(i), index) for i in range(start, start + count)])
+
+    def _seen(self, image: np.ndarray, index: int) -> np.ndarray:
+        framing = self.framing(index)
+        return image if framing is None else crop(image, framing)
+
+    def _reframe(self, context: np.ndarray, start: int) -> np.ndarray:
+        """Context frames of the previous region, put back into their source frames and cut out again in
+        the new one (the region moved)."""
+        old, new = self._context_framing, self._last_framing
+        return np.stack([crop(paste(self.source.frame(start + k), image, old), new) for k, image in enumerate(context)])
+
+    def compose(self, index: int, first_frame: int, frames: np.ndarray) -> np.ndarray:
+        """Output frames ``first_frame...`` at the source's size: chunk ``index``'s generated frames put
+        back into their source frames (the frames unchanged when the generator works on whole frames)."""
+        framing = self.framing(index)
+        if framing is None:
+            return frames
+        return np.stack([paste(self.source.frame(first_frame + k), image, framing) for k, image in enumerate(frames)])
+
+    def region_info(self, index: int) -> dict:
+        """What a chunk's report says of its region (nothing without one)."""
+        framing = self.framing(index)
+        if framing is None:
+            return {}
+        box = framing.box
+        where = "region" if framing.found else ("last region (no face found)" if framing.face_width
+                                                  else "whole frame (no face found)")
+        return {"region": framing.kind, "region_box": f"{box.width}x{box.height}+{box.left}+{box.top}",
+                "region_used": where}
 
     def speech_fraction(self, request: ChunkRequest, speaker: int = 1) -> float:
         """Share of the window's 30 ms frames that webrtcvad hears as speech (of speaker 1 or 2)."""
@@ -140,4 +204,12 @@ class ChunkEngine:
         second = None if request.second_audio is None else self.speech_fraction(request, 2)
         return ChunkReport(index=request.index, start_frame=request.start_frame, new_frames=request.num_new,
                            reference_index=request.reference_index, speech_fraction=self.speech_fraction(request),
-                           seconds=result.seconds, info=dict(result.info), second_speech_fraction=second)
+                           seconds=result.seconds, info={**result.info, **self.region_info(request.index)},
+                           second_speech_fraction=second)
+
+
+def _moved(old: Framing | None, new: Framing | None) -> bool:
+    """Whether the region changed between two chunks (a kept region's flag alone does not count)."""
+    if old is None or new is None:
+        return False
+    return (old.box, old.work) != (new.box, new.work)

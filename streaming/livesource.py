@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from model.base import FPS
-from streaming.source import BUCKETS, bucket_size, resize_and_centercrop
+from streaming.source import OutputSize, output_size, resize_and_centercrop
 
 PLACEHOLDER_SIZE = (480, 640)  # (height, width) shown until the first frame says what the size is
 
@@ -52,17 +52,18 @@ class FrameWindow:
 class LiveVideoSource:
     """Received video frames by capture index (bounded), from which chunk windows are frozen."""
 
-    def __init__(self, size: int | tuple[int, int] = 480, capacity_frames: int = 300) -> None:
+    def __init__(self, size: int | tuple[int, int] | OutputSize = 480, capacity_frames: int = 300) -> None:
         self._size_spec = size
-        self.size: tuple[int, int] = size if isinstance(size, tuple) else PLACEHOLDER_SIZE
-        self._sized = isinstance(size, tuple)
+        known = isinstance(size, tuple) or (isinstance(size, OutputSize) and size.height is not None)
+        self.size: tuple[int, int] = output_size(size, 0, 0) if known else PLACEHOLDER_SIZE
+        self._sized = known
         self._frames: deque[tuple[int, av.VideoFrame]] = deque(maxlen=capacity_frames)
         self.frames_received = 0
 
     def push(self, frame: av.VideoFrame, arrival: float) -> None:
         """A frame arrived at session time ``arrival`` (seconds)."""
         if not self._sized:
-            self.size = bucket_size(frame.height, frame.width, BUCKETS[self._size_spec])
+            self.size = output_size(self._size_spec, frame.height, frame.width)
             self._sized = True
         index = max(0, math.floor(arrival * FPS))
         if self._frames and self._frames[-1][0] >= index:

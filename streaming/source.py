@@ -8,6 +8,7 @@ source of any length is held in memory only a window at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -22,7 +23,10 @@ from model.frames import BUCKETS, bucket_size, resize_and_centercrop  # noqa: F4
 from streaming.errors import InputError
 
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 16
-SIZE_HELP = "480, 720 (the official buckets) or WxH with sides multiples of 16 in [64, 2048], e.g. 512x512"
+MAX_OUTPUT_LONG, MAX_OUTPUT_SHORT = 3840, 2160  # the largest output: 4K UHD, either orientation
+SIZE_HELP = ("480, 720 (the official buckets), WxH with sides multiples of 16 in [64, 2048] (the generator works "
+             "on the whole frame at that size), source (the source's own size, up to 3840x2160) or WxH with even "
+             "sides in [64, 3840] up to 3840x2160, e.g. 1920x1080 (the generator works on a region around the speaker)")
 SOURCE_ENDS = ("hold", "loop")
 KEYFRAME_HORIZON = 96  # frames; more than one 81-frame window
 ACCEPTED_SOURCES = "accepted: any video FFmpeg decodes, or a png/jpg/webp image"
@@ -30,17 +34,56 @@ ACCEPTED_SOURCES = "accepted: any video FFmpeg decodes, or a png/jpg/webp image"
 NOT_PICTURES = ("ansi", "bintext", "xbin", "idf")
 
 
-def parse_size(text: str) -> int | tuple[int, int]:
-    """``480`` / ``720`` -> bucket; ``WxH`` -> (height, width)."""
+@dataclasses.dataclass(frozen=True)
+class OutputSize:
+    """An output size the generator does not work at: the source's own (no height and width given) or any
+    WxH up to 3840x2160. The generator then works on a region around the speaker at its own bucket size
+    (streaming/region.py) and its result is composited back into the frame (streaming/composite.py)."""
+
+    height: int | None = None
+    width: int | None = None
+
+    def resolve(self, native_height: int, native_width: int) -> tuple[int, int]:
+        """(height, width) of the output for a source of the given size."""
+        if self.height is not None:
+            return self.height, self.width
+        # The source's own size, scaled down to fit 3840x2160 when larger, with even sides (yuv420p
+        # output: an odd last row or column is cropped off).
+        long, short = max(native_height, native_width), min(native_height, native_width)
+        scale = min(1.0, MAX_OUTPUT_LONG / long, MAX_OUTPUT_SHORT / short)
+        return (max(2, int(native_height * scale) // 2 * 2), max(2, int(native_width * scale) // 2 * 2))
+
+    def __str__(self) -> str:
+        return "source" if self.height is None else f"{self.width}x{self.height}"
+
+
+SOURCE_SIZE = OutputSize()
+
+
+def parse_size(text: str) -> int | tuple[int, int] | OutputSize:
+    """``480`` / ``720`` -> bucket; ``WxH`` the generator can work at -> (height, width); ``source`` or a
+    larger (or not 16-aligned) ``WxH`` -> an OutputSize (the generator works on a region of it)."""
     text = str(text).strip().lower()
     if text.isdigit() and int(text) in BUCKETS:
         return int(text)
+    if text == "source":
+        return SOURCE_SIZE
     parts = text.split("x")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
         width, height = int(parts[0]), int(parts[1])
         if all(MIN_SIDE <= s <= MAX_SIDE and s % SIDE_MULTIPLE == 0 for s in (width, height)):
             return height, width
+        if (all(MIN_SIDE <= s and s % 2 == 0 for s in (width, height))
+                and max(width, height) <= MAX_OUTPUT_LONG and min(width, height) <= MAX_OUTPUT_SHORT):
+            return OutputSize(height, width)
     raise InputError(f"bad size {text!r}: accepted are {SIZE_HELP}")
+
+
+def format_size(size) -> int | str:
+    """A size setting as users write it: 480, 512x512, source, 1920x1080."""
+    if isinstance(size, (int, OutputSize)):
+        return size if isinstance(size, int) else str(size)
+    return f"{size[1]}x{size[0]}"
 
 
 class VideoSource:
@@ -52,7 +95,7 @@ class VideoSource:
     source plays again from its start.
     """
 
-    def __init__(self, path: str | os.PathLike, size: int | tuple[int, int] = 480, end: str = "hold",
+    def __init__(self, path: str | os.PathLike, size: int | tuple[int, int] | OutputSize = 480, end: str = "hold",
                  keyframe_interval: int = 72) -> None:
         if end not in SOURCE_ENDS:
             raise InputError(f"bad source end {end!r}: accepted are {', '.join(SOURCE_ENDS)}")
@@ -68,7 +111,7 @@ class VideoSource:
         self._still = _read_image(self.path)
         native = self._still if self._still is not None else self._probe_first_frame()
         self.native_size = native.shape[:2]
-        self.size = bucket_size(*self.native_size, BUCKETS[size]) if isinstance(size, int) else tuple(size)
+        self.size = output_size(size, *self.native_size)
         if self._still is not None:
             self._still = resize_and_centercrop(self._still, self.size)
         self._buffer: deque[np.ndarray] = deque()
@@ -148,6 +191,13 @@ class VideoSource:
         while self._buffer and self._buffer_start < index:
             self._buffer.popleft()
             self._buffer_start += 1
+
+
+def output_size(size: int | tuple[int, int] | OutputSize, native_height: int, native_width: int) -> tuple[int, int]:
+    """(height, width) of the frames a source of the given native size gives for a size setting."""
+    if isinstance(size, OutputSize):
+        return size.resolve(native_height, native_width)
+    return bucket_size(native_height, native_width, BUCKETS[size]) if isinstance(size, int) else tuple(size)
 
 
 def _decode(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
