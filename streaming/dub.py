@@ -23,6 +23,7 @@ from streaming.engine import AudioTrack, ChunkEngine, ChunkReport
 from streaming.errors import InputError
 from streaming.media import Mp4Writer, check_output_path
 from streaming.region import region_finder
+from streaming.regionsource import RegionSource
 from streaming.source import VideoSource
 
 
@@ -88,8 +89,9 @@ def dub(source_path: str, audio_path: str, output_path: str, settings: DubSettin
     owned = generator is None
     generator = generator or _build(settings)
     plan = ChunkPlan()
-    engine = ChunkEngine(source, generator, plan, settings.keyframe_interval, settings.color_correction,
-                         settings.seed, region)
+    seen = source if region is None else RegionSource(source, region, plan, settings.keyframe_interval)
+    engine = ChunkEngine(seen, generator, plan, settings.keyframe_interval, settings.color_correction,
+                         settings.seed)
     track = AudioTrack(speech)
     second_track = None
     if second is not None:

@@ -5,9 +5,9 @@ margins, nearest keyframe as reference, the last output frames as context, the s
 window) and what happens to a result (colour correction against the chunk's reference, then the new
 context is taken from the corrected frames, as the official loop does).
 
-With a region finder (an output size the generator does not work at, streaming/region.py), each chunk
-has a framing: the generator sees that region of the source frames at its own size, and ``compose`` puts
-its frames back into the source-size frames (streaming/composite.py).
+With a region source (an output size the generator does not work at, streaming/regionsource.py), each
+chunk has a region: the generator sees that region of the source frames at its own size, and ``compose``
+puts its frames back into the source-size frames.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from model.speakers import SpeakerFaces
 from streaming.audio import VoiceActivity
 from streaming.chunker import Chunk, ChunkPlan, nearest_keyframe
 from streaming.color import match_colors_uint8
-from streaming.composite import crop, paste
-from streaming.region import Framing, RegionFinder
+from streaming.region import Framing
+from streaming.regionsource import RegionSource
 from streaming.source import VideoSource
 
 
@@ -62,8 +62,7 @@ class ChunkEngine:
     """Builds each chunk's request and turns its result into output frames, carrying the context."""
 
     def __init__(self, source: VideoSource, generator: Generator, plan: ChunkPlan = ChunkPlan(),
-                 keyframe_interval: int = 72, color_strength: float | None = None, seed: int = 42,
-                 region: RegionFinder | None = None) -> None:
+                 keyframe_interval: int = 72, color_strength: float | None = None, seed: int = 42) -> None:
         self.source = source
         self.generator = generator
         self.plan = plan
@@ -74,10 +73,9 @@ class ChunkEngine:
         self._vad = VoiceActivity()
         # Which face each speaker animates, used by requests that carry a second speech track.
         self.speaker_faces = SpeakerFaces()
-        # The generator's region of the source frames, per chunk (None: it works on whole frames).
-        self.region = region
-        self._framings: dict[int, Framing] = {}
+        # The region the generator sees of a RegionSource's frames (None: it works on whole frames).
         self._last_framing: Framing | None = None  # of the last chunk requested
+        self._framing_index = 0
         self._context_framing: Framing | None = None  # the region the context frames show
 
     def reference_index(self, chunk: Chunk) -> int:
@@ -89,7 +87,7 @@ class ChunkEngine:
         context = self._context if index > 0 else None
         if index > 0 and context is None:
             raise RuntimeError(f"chunk {index} requested before chunk {index - 1} was accepted")
-        self._last_framing = self.framing(index)
+        self._last_framing, self._framing_index = self.framing(index), index
         if context is not None and _moved(self._context_framing, self._last_framing):
             context = self._reframe(context, self.plan.chunk(index).start_frame)
         return self._request(index, audio, audio_end_frame, tier, context, second_audio)
@@ -110,7 +108,7 @@ class ChunkEngine:
         chunk = self.plan.chunk(index)
         first, last, offset = self.plan.audio_span(chunk, self.generator.audio_margins)
         reference_index = self.reference_index(chunk)
-        reference = self._seen(self.source.frame(reference_index), index)
+        reference = self.seen_frames(index, reference_index, 1)[0]
         window = None if self.source.is_still else self.seen_frames(index, chunk.start_frame, chunk.num_frames)
         return ChunkRequest(
             index=index, start_frame=chunk.start_frame, num_frames=chunk.num_frames,
@@ -137,7 +135,7 @@ class ChunkEngine:
                     index: int | None = None) -> None:
         """Carry the last output frames into the next chunk (also used when a fallback filled the slot);
         they show chunk ``index``'s region (by default the last chunk requested)."""
-        self._context_framing = self._framings.get(index, self._last_framing)
+        self._context_framing = self._last_framing if index is None else self.framing(index)
         if self.plan.context == 0:
             self._context = new_frames[:0]
             return
@@ -149,41 +147,29 @@ class ChunkEngine:
     def release(self, next_index: int) -> None:
         """Free source frames no later chunk needs."""
         self.source.release_before(self.plan.chunk(next_index).start_frame)
-        for old in [i for i in self._framings if i < next_index - 1]:
-            del self._framings[old]
 
     # ---- the generator's region ----------------------------------------------------------------------
     def framing(self, index: int) -> Framing | None:
-        """Chunk ``index``'s region (chosen once, from its first and last source frames)."""
-        if self.region is None:
-            return None
-        if index not in self._framings:
-            chunk = self.plan.chunk(index)
-            ends = (chunk.start_frame,) if self.source.is_still else (chunk.start_frame, chunk.end_frame - 1)
-            self._framings[index] = self.region.choose([self.source.frame(i) for i in ends])
-        return self._framings[index]
+        """Chunk ``index``'s region (None: the generator works on whole frames)."""
+        return self.source.framing(index) if isinstance(self.source, RegionSource) else None
 
     def seen_frames(self, index: int, start: int, count: int) -> np.ndarray:
         """Source frames ``[start, start + count)`` as the generator sees them in chunk ``index``."""
-        return np.stack([self._seen(self.source.frame(i), index) for i in range(start, start + count)])
-
-    def _seen(self, image: np.ndarray, index: int) -> np.ndarray:
-        framing = self.framing(index)
-        return image if framing is None else crop(image, framing)
+        if isinstance(self.source, RegionSource):
+            return self.source.crops(index, start, count)
+        return self.source.frames(start, count)
 
     def _reframe(self, context: np.ndarray, start: int) -> np.ndarray:
-        """Context frames of the previous region, put back into their source frames and cut out again in
-        the new one (the region moved)."""
-        old, new = self._context_framing, self._last_framing
-        return np.stack([crop(paste(self.source.frame(start + k), image, old), new) for k, image in enumerate(context)])
+        """The region moved: the context is the source in the new region (the generator's last frames
+        showed the old one; a move is rare and is a cut anyway)."""
+        return self.source.crops(self._framing_index, start, len(context))
 
     def compose(self, index: int, first_frame: int, frames: np.ndarray) -> np.ndarray:
         """Output frames ``first_frame...`` at the source's size: chunk ``index``'s generated frames put
         back into their source frames (the frames unchanged when the generator works on whole frames)."""
-        framing = self.framing(index)
-        if framing is None:
+        if not isinstance(self.source, RegionSource):
             return frames
-        return np.stack([paste(self.source.frame(first_frame + k), image, framing) for k, image in enumerate(frames)])
+        return np.stack(self.source.compose(index, first_frame, frames))
 
     def region_info(self, index: int) -> dict:
         """What a chunk's report says of its region (nothing without one)."""

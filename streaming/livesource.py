@@ -31,16 +31,21 @@ class FrameWindow:
         self._indices = [index for index, _ in stamped]
         self._frames = [frame for _, frame in stamped]
         self.size = size
-        self._converted: dict[int, np.ndarray] = {}
+        self._converted: tuple[int, np.ndarray] | None = None  # the last one: a source-size window is large
 
     def frame(self, index: int) -> np.ndarray:
         if not self._frames:
             return np.zeros((*self.size, 3), np.uint8)
         at = max(0, bisect.bisect_right(self._indices, index) - 1)
-        if at not in self._converted:
-            image = self._frames[at].to_ndarray(format="rgb24")
-            self._converted[at] = resize_and_centercrop(image, self.size)
-        return self._converted[at]
+        converted = self._converted
+        if converted is None or converted[0] != at:
+            image = resize_and_centercrop(self._frames[at].to_ndarray(format="rgb24"), self.size)
+            converted = self._converted = (at, image)
+        return converted[1]
+
+    def reader(self) -> "FrameWindow":
+        """The same received frames, converted again on demand (composing a region's output)."""
+        return FrameWindow(list(zip(self._indices, self._frames)), self.size)
 
     def frames(self, start: int, count: int) -> np.ndarray:
         return np.stack([self.frame(i) for i in range(start, start + count)])

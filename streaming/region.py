@@ -137,12 +137,12 @@ class RegionFinder:
     ``landmarks`` finds a face's landmark points (x, y) in an RGB frame, or None; by default mediapipe's
     face mesh, then its full-range detector for faces too small for the mesh's own."""
 
-    def __init__(self, kind: str, frame: tuple[int, int],
+    def __init__(self, kind: str, frame: tuple[int, int] = (0, 0),
                  landmarks: Callable[[np.ndarray], np.ndarray | None] | None = None, any_size: bool = False) -> None:
         if kind not in REGIONS:
             raise InputError(f"bad region {kind!r}: accepted are {', '.join(REGIONS)}")
         self.kind = kind
-        self.frame = tuple(frame)
+        self.frame = tuple(frame)  # (height, width): taken from the frames it is given
         self.any_size = any_size  # the generator works at any size: the region at its own pixels
         self._finder = None
         self._landmarks = landmarks
@@ -151,6 +151,8 @@ class RegionFinder:
 
     def choose(self, frames: list[np.ndarray]) -> Framing:
         """The region for a stretch of frames (e.g. a chunk's first and last)."""
+        if tuple(frames[0].shape[:2]) != self.frame:  # a live source's first frame said its size
+            self.frame, self.current = tuple(frames[0].shape[:2]), None
         if self.kind == "full":
             return whole_frame(self.frame, any_size=self.any_size)
         faces = [face_box(points) for points in map(self._find, frames) if points is not None]
@@ -207,3 +209,12 @@ def region_finder(size, generator: str, options: dict, frame: tuple[int, int],
     kind, rest = region_option(generator, options)
     # Two speakers: both faces must be in the generator's view; the whole frame has them.
     return RegionFinder("full" if speakers > 1 else kind, frame, any_size=generator in ANY_SIZE_GENERATORS), rest
+
+
+def session_region(size, region: str | None, generator: str) -> str | None:
+    """The region a live session's generator works on (None: whole frames, as with a bucket size)."""
+    from streaming.source import OutputSize
+
+    if not isinstance(size, OutputSize):
+        return None
+    return region or GENERATOR_REGIONS.get(generator, DEFAULT_REGION)

@@ -192,6 +192,22 @@ class VideoSource:
             self._buffer.popleft()
             self._buffer_start += 1
 
+    @property
+    def first_held(self) -> int:
+        """The first frame still in the look-ahead buffer."""
+        return self._buffer_start
+
+    def reader(self):
+        """A second reader of the same frames, in order from any thread (composing a region's output reads
+        the source again instead of holding its frames): its own decoder, opened on first use."""
+        if self._still is not None:
+            return self
+        from streaming.regionsource import SequentialReader
+
+        path, size, end = self.path, self.size, self.end
+        # A keyframe interval no index reaches past 0: the reader keeps no keyframes.
+        return SequentialReader(lambda: VideoSource(path, size, end, keyframe_interval=1 << 40), size)
+
 
 def output_size(size: int | tuple[int, int] | OutputSize, native_height: int, native_width: int) -> tuple[int, int]:
     """(height, width) of the frames a source of the given native size gives for a size setting."""
