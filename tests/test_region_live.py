@@ -106,3 +106,31 @@ def test_the_server_takes_source_size_and_a_region_option():
         build_config({"size": "480", "generator_option": [("region", "face")]})
     with pytest.raises(InputError, match="accepted are face, upper_body, full"):
         build_config({"size": "source", "generator_option": [("region", "hands")]})
+
+
+@pytest.mark.parametrize("mime", ["video/H264", "video/VP8"])
+def test_the_webrtc_encoders_take_source_size_frames(mime):
+    from fractions import Fraction
+
+    from server.egress import _video_codec, bitrate_for, encode_threads, h264_level, yuv420_frame
+
+    assert (h264_level((720, 1280)), h264_level((1080, 1920)), h264_level((2160, 3840))) == ("31", "40", "51")
+    assert encode_threads((1080, 1920)) == 1 and encode_threads((2160, 3840)) == 4
+    size = (1078, 1918)  # a source's own odd-looking (even) size
+    codec = _video_codec(mime, size)
+    assert codec.bit_rate == bitrate_for(size) > 4_000_000
+    packets = []
+    for i in range(3):
+        image = np.full((*size, 3), 60 + 40 * i, np.uint8)
+        frame = yuv420_frame(image)
+        frame.pts, frame.time_base = i * 3600, Fraction(1, 90_000)
+        packets += codec.encode(frame)
+    packets += codec.encode(None)
+    decoder = av.CodecContext.create("libvpx" if mime == "video/VP8" else "h264", "r")
+    frames = [f for p in packets for f in decoder.decode(p)]
+    assert [(f.height, f.width) for f in frames] == [size] * 3
+    levels = [float(f.to_ndarray(format="rgb24").mean()) for f in frames]
+    assert all(abs(level - expected) < 2 for level, expected in zip(levels, (60, 100, 140)))
+    if mime == "video/H264":  # the stream says level 4.0 (1080p at 25 fps); 3.1 does not take it
+        sps = bytes(packets[0])
+        assert sps[sps.find(b"\x00\x00\x01\x67") + 6] == 40
