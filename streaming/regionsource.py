@@ -33,7 +33,7 @@ class SequentialReader:
     """Frames of a source opened on first use, read in order by any thread, with a short look-back (two
     output encoders may ask for neighbouring frames)."""
 
-    def __init__(self, open_source, size: tuple[int, int], look_back: int = 4) -> None:
+    def __init__(self, open_source, size: tuple[int, int], look_back: int = 2) -> None:
         self._open = open_source
         self._source = None
         self._lock = threading.Lock()

@@ -15,6 +15,7 @@ from streaming.chunker import ChunkPlan
 from streaming.clock import InlineExecutor, VirtualClock
 from streaming.errors import InputError
 from streaming.ingest import PLAYOUT_RATE
+from streaming.livesource import LiveVideoSource
 from streaming.session import LiveSession, SessionSettings
 from streaming.sharedsource import SourceCache
 from streaming.source import OutputSize, VideoSource
@@ -22,21 +23,16 @@ from streaming.workers import GeneratorPool, GeneratorSpec
 
 PLAN = ChunkPlan(window=9, context=3)
 SIZE = (286, 510)  # (height, width): not multiples of 16
+FACE = astronaut(200)
 
 
 def _clip(path: str, frames: int = 30) -> str:
-    """A real face (the astronaut) on a textured background, drifting slowly to the right."""
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.height, stream.width = SIZE
         stream.pix_fmt = "yuv420p"
-        face = astronaut(200)
         for i in range(frames):
-            image = np.empty((*SIZE, 3), np.uint8)
-            image[..., 0] = 80
-            image[..., 1] = (np.arange(SIZE[1]) * 3 % 256)[None]
-            image[..., 2] = (np.arange(SIZE[0]) * 5 % 256)[:, None]
-            image[40:240, 150 + i : 350 + i] = face
+            image = _scene(i)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode(None):
@@ -44,57 +40,101 @@ def _clip(path: str, frames: int = 30) -> str:
     return path
 
 
-async def test_a_live_session_at_the_source_size_composes_around_the_face(tmp_path):
-    path = _clip(str(tmp_path / "speaker.mp4"))
-    clock = VirtualClock()
+def _scene(i: int) -> np.ndarray:
+    """Frame ``i``: a real face (the astronaut) on a textured background, drifting slowly to the right."""
+    image = np.empty((*SIZE, 3), np.uint8)
+    image[..., 0] = 80
+    image[..., 1] = (np.arange(SIZE[1]) * 3 % 256)[None]
+    image[..., 2] = (np.arange(SIZE[0]) * 5 % 256)[:, None]
+    image[40:240, 150 + i : 350 + i] = FACE
+    return image
+
+
+async def _lite_pool(clock) -> GeneratorPool:
     pool = GeneratorPool(GeneratorSpec.from_registry("lite", {}), mode="thread", clock=clock.now,
                          executor=InlineExecutor())
     await pool.start()
+    return pool
+
+
+async def _play(session: LiveSession, clock: VirtualClock, seconds: float, video=None) -> list:
+    """Feed ``seconds`` of real speech (and ``video(i)``'s frames, 25 a second) at virtual instants, end
+    the ingest and play every frame when due: [(n, kind, image)]."""
+    played = []
+    speech = speech_48k(seconds)
+
+    def play_due():
+        while session.state != "ended" and session.clock.frame_due(len(played)) <= clock.now():
+            image, kind = session.timeline.frame(len(played))
+            played.append((len(played), kind, image))
+
+    for k in range(len(speech) // 960):
+        if video is not None and k % 2 == 0:
+            session.receive_video(av.VideoFrame.from_ndarray(video(k // 2), format="rgb24"))
+        session.receive_audio(audio_frame(speech[k * 960 : (k + 1) * 960], k * 960))
+        await clock.advance(960 / PLAYOUT_RATE)
+        play_due()
+    session.end_ingest()
+    while session.state != "ended":
+        await clock.advance(0.02)
+        play_due()
+    return played
+
+
+def _check_composed(played: list, events: list, source_frame) -> None:
+    """Generated frames at the source size, the face animated, and outside the face the source exactly."""
+    generated = [(n, image) for n, kind, image in played if kind == "generated"]
+    assert len(generated) >= 30 and all(image.shape == (*SIZE, 3) for _, kind, image in played if kind != "idle")
+    chunks = [e for e in events if type(e).__name__ == "ChunkDone"]
+    assert chunks and all(c.status == "on_time" for c in chunks)
+    assert all(c.info.get("face_found") for c in chunks)  # lite found the face in every region it was given
+    changed = 0
+    for n, image in generated:
+        differs = np.any(image != source_frame(n), axis=2)
+        rows, cols = np.nonzero(differs)
+        if rows.size:
+            changed += 1
+            # Every changed pixel is around the face (the portrait spans rows 40-240 and drifts right).
+            assert rows.min() >= 40 and rows.max() < 240 and cols.min() >= 150 and cols.max() < 350 + 40
+            assert differs.sum() < 0.25 * differs.size
+    assert changed >= len(generated) // 3  # the mouth moved in many frames
+
+
+async def test_a_live_session_at_the_source_size_composes_around_the_face(tmp_path):
+    path = _clip(str(tmp_path / "speaker.mp4"))
+    clock = VirtualClock()
+    pool = await _lite_pool(clock)
     source = SourceCache(max_bytes=0).open(path, OutputSize(), 72)  # a decoder of its own (not held whole)
     assert isinstance(source, VideoSource) and source.size == SIZE
     events: list = []
-    played: list[tuple[int, str, np.ndarray]] = []
     try:
         session = LiveSession("s1", source, "speaker", pool, SessionSettings(delay=1.0, region="face"),
                               events.append, clock=clock, plan=PLAN, executor=InlineExecutor())
         await session.start()
         assert session.output_size == SIZE
-        speech = speech_48k(1.6)
-        n = 0
-        for k in range(len(speech) // 960):
-            session.receive_audio(audio_frame(speech[k * 960 : (k + 1) * 960], k * 960))
-            await clock.advance(960 / PLAYOUT_RATE)
-            while session.clock.frame_due(n) <= clock.now():
-                image, kind = session.timeline.frame(n)
-                played.append((n, kind, image))
-                n += 1
-        session.end_ingest()
-        while session.state != "ended":
-            await clock.advance(0.02)
-            while session.state != "ended" and session.clock.frame_due(n) <= clock.now():
-                image, kind = session.timeline.frame(n)
-                played.append((n, kind, image))
-                n += 1
+        played = await _play(session, clock, 1.6)
     finally:
         await pool.close()
-    generated = [(n, image) for n, kind, image in played if kind == "generated"]
-    assert len(generated) >= 30 and all(image.shape == (*SIZE, 3) for _, _, image in played)
-    chunks = [e for e in events if type(e).__name__ == "ChunkDone"]
-    assert chunks and all(c.status == "on_time" for c in chunks)
-    assert all(c.info.get("face_found") for c in chunks)  # lite found the face in every region it was given
     # The same frames decoded again: outside the face region the output is the source, pixel for pixel.
     reference = VideoSource(path, OutputSize(), "loop")
-    changed = 0
-    for n, image in generated:
-        source_frame = reference.frame(n)
-        differs = np.any(image != source_frame, axis=2)
-        rows, cols = np.nonzero(differs)
-        if rows.size:
-            changed += 1
-            # Every changed pixel is around the face (the portrait spans rows 40-240 and drifts right).
-            assert rows.min() >= 40 and rows.max() < 240 and cols.min() >= 150 and cols.max() < 350 + 30
-            assert differs.sum() < 0.25 * differs.size
-    assert changed >= len(generated) // 3  # the mouth moved in many frames
+    _check_composed(played, events, reference.frame)
+
+
+async def test_live_video_at_its_own_size_composes_around_the_face():
+    clock = VirtualClock()
+    pool = await _lite_pool(clock)
+    events: list = []
+    try:
+        session = LiveSession("s1", LiveVideoSource(OutputSize()), "live", pool,
+                              SessionSettings(delay=1.0, region="face"), events.append, clock=clock, plan=PLAN,
+                              executor=InlineExecutor())
+        await session.start()
+        played = await _play(session, clock, 1.6, video=lambda i: _scene(i))
+    finally:
+        await pool.close()
+    assert session.live.size == SIZE  # the first received frame said the size
+    # Received frame i is shown as capture frame i (pushed every 40 ms from the session's start).
+    _check_composed(played, events, lambda n: _scene(min(n, 39)))
 
 
 def test_the_server_takes_source_size_and_a_region_option():
