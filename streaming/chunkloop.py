@@ -31,7 +31,7 @@ from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
 from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.composite import crop
-from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, whole_frame
+from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, nominal_work, whole_frame
 from streaming.regionsource import ComposedFrames, RegionSource
 from streaming.scheduler import Scheduler
 from streaming.speakers import LiveSpeakers
@@ -115,8 +115,10 @@ class ChunkLoop:
         if self.live is None:
             self._use(source, 0)
         ladder = tuple(settings.tiers) + ((Tier(FALLBACK_TIER),) if fallback_pool is not None else ())
-        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one.
-        self.scheduler = Scheduler(ladder, priors=self.profile.priors(self.source_size(), plan.window, plan.context))
+        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one (at the
+        # size it works at: a region's, with one).
+        work = self.source_size() if settings.region is None else nominal_work(settings.region, self.source_size())
+        self.scheduler = Scheduler(ladder, priors=self.profile.priors(work, plan.window, plan.context))
         self._swap: _Swap | None = None
         self._next_chunk = 0
         self.end_frame: int | None = None  # output frames end here once the ingest has ended

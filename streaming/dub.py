@@ -56,6 +56,10 @@ class DubReport:
         missed = [c.index for c in self.chunks if c.info.get("face_found") is False]
         if missed:
             line += f"; no face found in {len(missed)} of {len(self.chunks)} chunks (those frames are unchanged)"
+        regionless = [c.index for c in self.chunks if c.info.get("region_used", "region") != "region"]
+        if regionless:
+            line += (f"; no face for the region in {len(regionless)} of {len(self.chunks)} chunks (the last region, "
+                     "or the whole frame, was used)")
         return line
 
 

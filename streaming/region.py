@@ -97,6 +97,12 @@ def _own_size(box: Box, bucket: tuple[int, int]) -> tuple[int, int]:
     return max(16, round(box.height * scale)), max(16, round(box.width * scale))
 
 
+def nominal_work(kind: str, frame: tuple[int, int]) -> tuple[int, int]:
+    """The size a bucket generator works at for a region of ``kind`` (a face found): what its costs are
+    predicted at."""
+    return whole_frame(frame).work if kind == "full" else BUCKETS[BUCKET][ASPECTS[kind]]
+
+
 def framing_around(face: tuple[float, float, float, float], kind: str, frame: tuple[int, int],
                    any_size: bool = False, face_width: float | None = None) -> Framing:
     """The region of ``kind`` around a face box (top, left, bottom, right), at the kind's fixed aspect,

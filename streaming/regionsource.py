@@ -133,11 +133,15 @@ class RegionSource:
         while self._next <= last:
             position = self._next
             image = self.native.frame(position)
+            made: dict[Framing, np.ndarray] = {}  # two chunks in the same region share the crop
             for chunk in self._chunks_holding(position):
                 if chunk not in self._framings and position == self.plan.chunk(chunk).start_frame:
                     self._framings[chunk] = self.finder.choose([image])  # its first frame: choose its region
-                if chunk in self._framings:
-                    self._crops[(position, chunk)] = crop(image, self._framings[chunk])
+                framing = self._framings.get(chunk)
+                if framing is not None:
+                    if framing not in made:
+                        made[framing] = crop(image, framing)
+                    self._crops[(position, chunk)] = made[framing]
             if position % self.keyframe_interval == 0:
                 self._keyframes[position] = image
                 for old in sorted(self._keyframes)[:-KEPT_KEYFRAMES]:

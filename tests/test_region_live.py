@@ -57,9 +57,10 @@ async def _lite_pool(clock) -> GeneratorPool:
     return pool
 
 
-async def _play(session: LiveSession, clock: VirtualClock, seconds: float, video=None) -> list:
+async def _play(session: LiveSession, clock: VirtualClock, seconds: float, video=None, at=None) -> list:
     """Feed ``seconds`` of real speech (and ``video(i)``'s frames, 25 a second) at virtual instants, end
-    the ingest and play every frame when due: [(n, kind, image)]."""
+    the ingest and play every frame when due: [(n, kind, image)]; ``at=(seconds, action)`` runs
+    ``action()`` once, that far in."""
     played = []
     speech = speech_48k(seconds)
 
@@ -74,6 +75,8 @@ async def _play(session: LiveSession, clock: VirtualClock, seconds: float, video
         session.receive_audio(audio_frame(speech[k * 960 : (k + 1) * 960], k * 960))
         await clock.advance(960 / PLAYOUT_RATE)
         play_due()
+        if at is not None and k == int(at[0] * 50):
+            at[1]()
     session.end_ingest()
     while session.state != "ended":
         await clock.advance(0.02)
@@ -135,6 +138,38 @@ async def test_live_video_at_its_own_size_composes_around_the_face():
     assert session.live.size == SIZE  # the first received frame said the size
     # Received frame i is shown as capture frame i (pushed every 40 ms from the session's start).
     _check_composed(played, events, lambda n: _scene(min(n, 39)))
+
+
+async def test_a_reference_swap_at_the_source_size_shows_the_new_source_around_the_same_speaker(tmp_path):
+    from PIL import Image
+
+    first, second = _scene(0), _scene(0)
+    second[..., 0] = 200  # another background: the red channel tells the sources apart outside the face
+    second[40:240, 150:350] = FACE
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    for path, image in zip(paths, (first, second)):
+        Image.fromarray(image).save(path)
+    clock = VirtualClock()
+    pool = await _lite_pool(clock)
+    events: list = []
+    swapped = {}
+    try:
+        session = LiveSession("s1", VideoSource(paths[0], OutputSize()), "a", pool,
+                              SessionSettings(delay=1.0, region="face"), events.append, clock=clock, plan=PLAN,
+                              executor=InlineExecutor())
+        await session.start()
+        action = lambda: swapped.update(session.swap_reference("b", VideoSource(paths[1], OutputSize()), "cut"))  # noqa: E731
+        played = await _play(session, clock, 2.0, at=(0.8, action))
+    finally:
+        await pool.close()
+    start = PLAN.chunk(swapped["chunk"]).new_start
+    shown = [(n, image) for n, kind, image in played if kind == "generated"]
+    assert any(n < start for n, _ in shown) and any(n >= start for n, _ in shown)
+    outside = np.ones(SIZE, bool)
+    outside[40:240, 150:350] = False
+    for n, image in shown:
+        expected = first if n < start else second
+        assert np.array_equal(image[outside], expected[outside])
 
 
 def test_the_server_takes_source_size_and_a_region_option():
