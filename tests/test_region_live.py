@@ -209,3 +209,23 @@ def test_the_webrtc_encoders_take_source_size_frames(mime):
     if mime == "video/H264":  # the stream says level 4.0 (1080p at 25 fps); 3.1 does not take it
         sps = bytes(packets[0])
         assert sps[sps.find(b"\x00\x00\x01\x67") + 6] == 40
+
+
+async def test_a_server_at_the_source_size_creates_sessions_at_the_source_size(tmp_path):
+    import aiohttp
+
+    from _server_support import control_url, start_server
+    from client.control import ControlClient
+
+    server = await start_server(str(tmp_path / "sources"), size="source")  # its library: 128x128 stills
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url.rstrip("/") + "/config") as reply:
+                assert (await reply.json())["size"] == "source"
+        async with ControlClient(control_url(server)) as control:
+            created = await control.request("create", source="red")
+            session = server.manager.get(created["session"])
+            assert session.output_size == (128, 128) and session.settings.region == "upper_body"
+            assert session.playout.frame(0).shape == (128, 128, 3)  # before any chunk: the source's first frame
+    finally:
+        await server.stop()
