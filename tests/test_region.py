@@ -201,3 +201,38 @@ def test_dub_at_the_source_size_end_to_end(tmp_path, capsys):
         first = next(container.decode(video=0)).to_ndarray(format="rgb24")
     # Far from the speaker (the top left corner) the output is the source, to within H.264's loss.
     assert np.abs(frames[0][:100, :200].astype(int) - first[:100, :200]).mean() < 3
+
+
+def test_the_region_source_holds_crops_not_source_frames_and_passthrough_gives_the_source_back(tmp_path):
+    from model.passthrough import PassthroughGenerator
+    from streaming.chunker import ChunkPlan
+    from streaming.engine import AudioTrack, ChunkEngine
+    from streaming.regionsource import RegionSource
+    from streaming.source import VideoSource
+
+    path = _clip(str(tmp_path / "wide.mp4"), (542, 962), 60)
+    plan = ChunkPlan(window=9, context=3)
+    source = VideoSource(path, OutputSize(), keyframe_interval=9)
+    finder = RegionFinder("face", any_size=True)
+    region = RegionSource(source, finder, plan, keyframe_interval=9)
+    engine = ChunkEngine(region, PassthroughGenerator(), plan, keyframe_interval=9)
+    again = VideoSource(path, OutputSize())
+    audio = AudioTrack(real_speech()[:16_000 * 3])
+    try:
+        for chunk in plan.chunks(60):
+            request = engine.request(chunk.index, audio, 60)
+            assert request.size == engine.framing(chunk.index).work  # the generator sees the region
+            frames = engine.accept(request, engine.generator.generate(request))
+            out = engine.compose(chunk.index, chunk.new_start, frames)
+            for k, image in enumerate(out):  # unchanged crops put back: the source exactly
+                assert image.shape == (542, 962, 3) and np.array_equal(image, again.frame(chunk.new_start + k))
+            engine.release(chunk.index + 1)
+            again.release_before(chunk.new_start + len(out))
+            # Held: no source-size frame but the decoder's current one and a few keyframes, and crops of
+            # about two windows (this one and the next, read ahead), at the region's size.
+            assert len(source._buffer) <= 1 and len(region._keyframes) <= 3
+            assert len(region._crops) <= 2 * plan.window
+            assert all(c.shape[:2] == engine.framing(chunk.index).work for c in region._crops.values())
+            assert len(region.reader._source._buffer) <= region.reader.look_back + 1
+    finally:
+        finder.close()
