@@ -29,9 +29,13 @@ def reader_of(source):
     return source if make is None else make()
 
 
+SEEK_AHEAD = 2 * 25  # frames: further ahead than this, the reader seeks instead of decoding its way there
+
+
 class SequentialReader:
-    """Frames of a source opened on first use, read in order by any thread, with a short look-back (two
-    output encoders may ask for neighbouring frames)."""
+    """Frames of a source opened on first use (``open_source(start)``), read in order by any thread, with
+    a short look-back (two output encoders may ask for neighbouring frames). Asked for a frame far ahead
+    (the first viewer may join minutes into a session), it opens the source again there."""
 
     def __init__(self, open_source, size: tuple[int, int], look_back: int = 2) -> None:
         self._open = open_source
@@ -43,8 +47,8 @@ class SequentialReader:
 
     def frame(self, index: int) -> np.ndarray:
         with self._lock:
-            if self._source is None:
-                self._source = self._open()
+            if self._source is None or index > self._source.next_read + SEEK_AHEAD:
+                self._source = self._open(index)
             try:
                 image = self._source.frame(index)
             except IndexError:  # asked for a frame already let go: the oldest one held is the nearest

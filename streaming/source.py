@@ -96,7 +96,7 @@ class VideoSource:
     """
 
     def __init__(self, path: str | os.PathLike, size: int | tuple[int, int] | OutputSize = 480, end: str = "hold",
-                 keyframe_interval: int = 72) -> None:
+                 keyframe_interval: int = 72, start: int = 0, length: int | None = None) -> None:
         if end not in SOURCE_ENDS:
             raise InputError(f"bad source end {end!r}: accepted are {', '.join(SOURCE_ENDS)}")
         if keyframe_interval < 1:
@@ -115,13 +115,17 @@ class VideoSource:
         if self._still is not None:
             self._still = resize_and_centercrop(self._still, self.size)
         self._buffer: deque[np.ndarray] = deque()
-        self._buffer_start = 0  # output index of _buffer[0]
+        self._buffer_start = start  # output index of _buffer[0]
         self._keyframes: dict[int, np.ndarray] = {}
         self._frames: Iterator[np.ndarray] | None = None
         self._decoded = 0
         self._last: np.ndarray | None = self._still
         # Frames in one pass of the source on the output timeline; known once decoding reached the end.
-        self.length: int | None = 1 if self._still is not None else None
+        self.length: int | None = 1 if self._still is not None else length
+        # A reader that joins late starts at output frame ``start`` (its pass's frame, when the length of a
+        # pass is known), seeking the file; it counts a pass's length only when it read one from its start.
+        self._seek = start % length if length else start
+        self._counting = start == 0
 
     @property
     def is_still(self) -> bool:
@@ -150,10 +154,10 @@ class VideoSource:
 
     def _next_frame(self) -> np.ndarray:
         if self._frames is None:
-            self._frames = _decode(self.path, self.size)
+            self._frames = _decode(self.path, self.size, self._seek)
         image = next(self._frames, None)  # not ``except StopIteration``: a pass started while handling
         if image is None:  # it would keep that exception (and its traceback, and so self) alive
-            if self.length is None:
+            if self.length is None and self._counting:
                 self.length = self._decoded
             if self.end == "hold":
                 return self._last
@@ -197,6 +201,11 @@ class VideoSource:
         """The first frame still in the look-ahead buffer."""
         return self._buffer_start
 
+    @property
+    def next_read(self) -> int:
+        """The frame the next decode gives."""
+        return self._buffer_start + len(self._buffer)
+
     def reader(self):
         """A second reader of the same frames, in order from any thread (composing a region's output reads
         the source again instead of holding its frames): its own decoder, opened on first use."""
@@ -205,8 +214,9 @@ class VideoSource:
         from streaming.regionsource import SequentialReader
 
         path, size, end = self.path, self.size, self.end
-        # A keyframe interval no index reaches past 0: the reader keeps no keyframes.
-        return SequentialReader(lambda: VideoSource(path, size, end, keyframe_interval=1 << 40), size)
+        # A keyframe interval no index reaches past 0: the reader keeps no keyframes. It starts where it
+        # is first asked (a viewer may join minutes in), knowing a pass's length once this source does.
+        return SequentialReader(lambda start: VideoSource(path, size, end, 1 << 40, start, self.length), size)
 
 
 def output_size(size: int | tuple[int, int] | OutputSize, native_height: int, native_width: int) -> tuple[int, int]:
@@ -216,21 +226,23 @@ def output_size(size: int | tuple[int, int] | OutputSize, native_height: int, na
     return bucket_size(native_height, native_width, BUCKETS[size]) if isinstance(size, int) else tuple(size)
 
 
-def _decode(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
+def _decode(path: str, size: tuple[int, int], start: int = 0) -> Iterator[np.ndarray]:
     """One pass of the source resampled to 25 fps: frame n is the last with pts <= n/25 s.
 
     A function of the path, not a method: a suspended generator holding its VideoSource, which holds the
     generator, was a reference cycle that kept the open decoder (and its threads) of every ended
     session's source until a full garbage collection."""
     try:
-        yield from _decode_pass(path, size)
+        yield from _decode_pass(path, size, start)
     except InputError:
         raise
     except (av.error.FFmpegError, ValueError) as exc:  # damaged past the first frame
         raise _unreadable(path, exc) from None
 
 
-def _decode_pass(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
+def _decode_pass(path: str, size: tuple[int, int], start: int = 0) -> Iterator[np.ndarray]:
+    """From output frame ``start`` of the pass on (seeking to the keyframe before it, when the file has
+    timestamps)."""
     out_index = 0
     previous: np.ndarray | None = None
     previous_end = Fraction(0)
@@ -238,6 +250,9 @@ def _decode_pass(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         origin = None
+        if start > 0:
+            origin = _seek(container, stream, start)
+            out_index = start if origin is not None else 0
         for frame in container.decode(stream):
             if frame.pts is None or frame.time_base is None:
                 time = previous_end  # no timestamps: frames follow each other
@@ -248,7 +263,8 @@ def _decode_pass(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
             image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), size)
             if previous is not None:
                 while Fraction(out_index, FPS) < time:
-                    yield previous
+                    if out_index >= start:  # (not seeking: the frames before ``start`` are passed over)
+                        yield previous
                     out_index += 1
             previous = image
             previous_end = time + _frame_duration(frame, stream)
@@ -256,8 +272,21 @@ def _decode_pass(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
         raise InputError(f"source video {path} has no decodable frames ({ACCEPTED_SOURCES})")
     # The last frame lasts its duration, rounded to whole output frames (at least one).
     while out_index == 0 or Fraction(2 * out_index + 1, 2 * FPS) < previous_end:
-        yield previous
+        if out_index >= start:
+            yield previous
         out_index += 1
+
+
+def _seek(container, stream, start: int) -> Fraction | None:
+    """Seek to the keyframe at or before output frame ``start``; the pass's origin (its first frame's
+    time), or None when the file has no timestamps to seek by (then the pass is read from its start)."""
+    first = next(container.decode(stream), None)
+    if first is None or first.pts is None or first.time_base is None:
+        container.seek(0)
+        return None
+    origin = Fraction(first.pts) * first.time_base
+    container.seek(int((origin + Fraction(start, FPS)) / stream.time_base), stream=stream, backward=True)
+    return origin
 
 
 def _unreadable(path: str, exc: BaseException) -> InputError:

@@ -236,3 +236,34 @@ def test_the_region_source_holds_crops_not_source_frames_and_passthrough_gives_t
             assert len(region.reader._source._buffer) <= region.reader.look_back + 1
     finally:
         finder.close()
+
+
+def test_a_late_reader_seeks_to_the_frame_it_is_asked_for(tmp_path):
+    from streaming.source import VideoSource
+
+    path = str(tmp_path / "counting.mp4")
+    with av.open(path, "w") as container:  # frame i: grey level 6i, every frame different
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width, stream.pix_fmt = 64, 96, "yuv420p"
+        stream.options = {"g": "10"}  # a keyframe every 10 frames: seeking lands before the frame asked for
+        for i in range(40):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((64, 96, 3), 6 * i, np.uint8),
+                                                                   format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    whole = VideoSource(path, OutputSize(), "loop")
+    frames = [whole.frame(i) for i in range(50)]  # past the end: the clip again
+    assert whole.length == 40 and np.array_equal(frames[45], frames[5])
+    assert len({int(f.mean()) for f in frames[:40]}) == 40
+    for start in (17, 33):
+        late = VideoSource(path, OutputSize(), "loop", start=start)
+        assert all(np.array_equal(late.frame(i), frames[i]) for i in range(start, start + 5))
+    looped = VideoSource(path, OutputSize(), "loop", start=43, length=40)
+    assert np.array_equal(looped.frame(43), frames[3]) and np.array_equal(looped.frame(47), frames[7])
+    reader = whole.reader()
+    assert np.array_equal(reader.frame(2), frames[2])
+    assert np.array_equal(reader.frame(38), frames[38])  # near: decoded on
+    decoder = reader._source
+    assert np.array_equal(reader.frame(100), frames[20])  # far ahead (two passes on): a new decoder, sought
+    assert reader._source is not decoder and reader._source.first_held >= 98
