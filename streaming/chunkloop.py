@@ -174,9 +174,11 @@ class ChunkLoop:
         elif self.engine.source.is_still:
             frames = None
         else:
-            frames = await self._in_thread(self.engine.source.frames, 0, window)
-        reference = self.timeline.idle
-        if self._region is not None:  # the generator sees regions at its size: warm it on one
+            frames = await self._in_thread(self.engine.seen_frames, 0, 0, window)
+        reference = self.timeline.idle if frames is None or self._region is None else frames[0]
+        if self._region is not None and (self.live is not None or frames is None):
+            # The generator sees regions at its size: a live source's placeholder (or a still) as a whole
+            # frame at the bucket (a still's region is chosen with its first chunk).
             framing = whole_frame(reference.shape[:2])
             reference = crop(reference, framing)
             frames = None if frames is None else np.stack([crop(image, framing) for image in frames])

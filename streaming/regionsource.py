@@ -69,6 +69,7 @@ class RegionSource:
         self._framings: dict[int, Framing] = {}  # by chunk index
         self._crops: dict[tuple[int, int], np.ndarray] = {}  # (frame, chunk) -> crop
         self._keyframes: dict[int, np.ndarray] = {}  # source-size
+        self._still: tuple[Framing, np.ndarray] | None = None  # a still's crop, in its region
         self._next = 0  # the next source frame to read
         if native is not None:
             self.retarget(native, 0)
@@ -80,6 +81,7 @@ class RegionSource:
         self.is_still = native.is_still
         self.size = tuple(native.size)
         self._next = start
+        self._still = None
         for key in [k for k in self._crops if k[0] >= start]:
             del self._crops[key]
         for key in [k for k in self._keyframes if k >= start]:
@@ -161,11 +163,9 @@ class RegionSource:
                 < self.plan.chunk(c).end_frame]
 
     def _still_crop(self, framing: Framing) -> np.ndarray:
-        key = (-1, hash(framing))
-        if key not in self._crops:
-            self._crops = {k: v for k, v in self._crops.items() if k[0] != -1}
-            self._crops[key] = crop(self.native.frame(0), framing)
-        return self._crops[key]
+        if self._still is None or self._still[0] != framing:
+            self._still = (framing, crop(self.native.frame(0), framing))
+        return self._still[1]
 
 
 class ComposedFrames:

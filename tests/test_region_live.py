@@ -112,10 +112,11 @@ async def test_a_live_session_at_the_source_size_composes_around_the_face(tmp_pa
     events: list = []
     try:
         session = LiveSession("s1", source, "speaker", pool, SessionSettings(delay=1.0, region="face"),
-                              events.append, clock=clock, plan=PLAN, executor=InlineExecutor())
+                              events.append, clock=clock, plan=PLAN, executor=InlineExecutor(), warm=True)
         await session.start()
         assert session.output_size == SIZE
         played = await _play(session, clock, 1.6)
+        assert session.warm_up is not None  # warmed on the face region's crops
     finally:
         await pool.close()
     # The same frames decoded again: outside the face region the output is the source, pixel for pixel.
