@@ -213,14 +213,14 @@ def build_config(settings: dict) -> ServerConfig:
     options = dict(s.get("generator_options", {}))  # the file's [generator_options] table
     options.update(dict(s.get("generator_option", [])))  # --generator-option KEY=VALUE
     options.update({k: v for k, v in (("weights", s.get("weights")), ("device", s.get("device"))) if v})
-    region = _region(merged["size"], options)
+    merged["region"] = _region(merged["size"], options)
     if s.get("simulate"):
         merged["generator"] = _simulated_generator(s, options)
     group = group_layout(s.get("gpus"), s.get("parallel"), merged["generator"], options)
     if group is not None and merged["workers"] > 1:
         raise InputError(f"--workers {merged['workers']} does not go with --gpus/--parallel: one process group "
                          "serves every session")
-    return ServerConfig(**merged, region=region, token=token, generator_options=tuple(sorted(options.items())), group=group,
+    return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())), group=group,
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
                         ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s))
 

@@ -31,7 +31,7 @@ from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
 from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.composite import crop
-from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, nominal_work, whole_frame
+from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, framing_info, nominal_work, whole_frame
 from streaming.regionsource import ComposedFrames, RegionSource
 from streaming.scheduler import Scheduler
 from streaming.speakers import LiveSpeakers
@@ -270,7 +270,7 @@ class ChunkLoop:
         self.timeline.offer(index, self._shown(chunk, frames, view), "generated")
         self.counts["generated"] += 1
         self._emit(ChunkDone(report, "on_time", decision.tier.name, round(cost, 4), round(result.seconds, 4),
-                             info=_jsonable(result.info)))
+                             info=_jsonable({**result.info, **framing_info(view and view[0])})))
 
     @staticmethod
     def _shown(chunk, frames: np.ndarray | None, view, fallback: np.ndarray | None = None):
@@ -314,7 +314,8 @@ class ChunkLoop:
             source.frame(end_frame - 1)
 
     def _build(self, index: int, audio: "_Window", swap: _Swap | None,
-               live_window, second: "_Window | None" = None) -> tuple[ChunkRequest, np.ndarray, list[float], tuple | None]:
+               live_window, second: "_Window | None" = None
+               ) -> tuple[ChunkRequest, np.ndarray, list[float], tuple | None]:
         chunk = self.plan.chunk(index)
         if self.engine.source is not None:
             self.engine.release(index)  # frames before this chunk's window are no longer needed

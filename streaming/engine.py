@@ -22,7 +22,7 @@ from model.speakers import SpeakerFaces
 from streaming.audio import VoiceActivity
 from streaming.chunker import Chunk, ChunkPlan, nearest_keyframe
 from streaming.color import match_colors_uint8
-from streaming.region import Framing
+from streaming.region import Framing, framing_info
 from streaming.regionsource import RegionSource
 from streaming.source import VideoSource
 
@@ -171,17 +171,6 @@ class ChunkEngine:
             return frames
         return np.stack(self.source.compose(index, first_frame, frames))
 
-    def region_info(self, index: int) -> dict:
-        """What a chunk's report says of its region (nothing without one)."""
-        framing = self.framing(index)
-        if framing is None:
-            return {}
-        box = framing.box
-        where = "region" if framing.found else ("last region (no face found)" if framing.face_width
-                                                  else "whole frame (no face found)")
-        return {"region": framing.kind, "region_box": f"{box.width}x{box.height}+{box.left}+{box.top}",
-                "region_used": where}
-
     def speech_fraction(self, request: ChunkRequest, speaker: int = 1) -> float:
         """Share of the window's 30 ms frames that webrtcvad hears as speech (of speaker 1 or 2)."""
         return self._vad.speech_fraction(request.window_audio(speaker))
@@ -190,7 +179,7 @@ class ChunkEngine:
         second = None if request.second_audio is None else self.speech_fraction(request, 2)
         return ChunkReport(index=request.index, start_frame=request.start_frame, new_frames=request.num_new,
                            reference_index=request.reference_index, speech_fraction=self.speech_fraction(request),
-                           seconds=result.seconds, info={**result.info, **self.region_info(request.index)},
+                           seconds=result.seconds, info={**result.info, **framing_info(self.framing(request.index))},
                            second_speech_fraction=second)
 
 

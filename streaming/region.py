@@ -72,6 +72,17 @@ class Framing:
     face_width: float = 0.0  # of the face the region was chosen around
 
 
+def framing_info(framing: Framing | None) -> dict:
+    """What a chunk's report says of its region (nothing without one)."""
+    if framing is None:
+        return {}
+    box = framing.box
+    used = "region" if framing.found else ("last region (no face found)" if framing.face_width
+                                          else "whole frame (no face found)")
+    return {"region": framing.kind, "region_box": f"{box.width}x{box.height}+{box.left}+{box.top}",
+            "region_used": used}
+
+
 def region_option(generator: str, options: dict) -> tuple[str, dict]:
     """The ``region`` generator option (handled here, for any generator) and the generator's other options."""
     rest = dict(options)

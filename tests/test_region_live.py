@@ -91,6 +91,7 @@ def _check_composed(played: list, events: list, source_frame) -> None:
     chunks = [e for e in events if type(e).__name__ == "ChunkDone"]
     assert chunks and all(c.status == "on_time" for c in chunks)
     assert all(c.info.get("face_found") for c in chunks)  # lite found the face in every region it was given
+    assert all(c.info["region"] == "face" and c.info["region_used"] == "region" for c in chunks)
     changed = 0
     for n, image in generated:
         differs = np.any(image != source_frame(n), axis=2)
@@ -159,7 +160,8 @@ async def test_a_reference_swap_at_the_source_size_shows_the_new_source_around_t
                               SessionSettings(delay=1.0, region="face"), events.append, clock=clock, plan=PLAN,
                               executor=InlineExecutor())
         await session.start()
-        action = lambda: swapped.update(session.swap_reference("b", VideoSource(paths[1], OutputSize()), "cut"))  # noqa: E731
+        swap = VideoSource(paths[1], OutputSize())
+        action = lambda: swapped.update(session.swap_reference("b", swap, "cut"))  # noqa: E731
         played = await _play(session, clock, 2.0, at=(0.8, action))
     finally:
         await pool.close()
