@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from model.base import FPS
-from streaming.source import OutputSize, output_size, resize_and_centercrop
+from streaming.source import OutputSize, fit_frame, output_size
 
 PLACEHOLDER_SIZE = (480, 640)  # (height, width) shown until the first frame says what the size is
 
@@ -39,7 +39,7 @@ class FrameWindow:
         at = max(0, bisect.bisect_right(self._indices, index) - 1)
         converted = self._converted
         if converted is None or converted[0] != at:
-            image = resize_and_centercrop(self._frames[at].to_ndarray(format="rgb24"), self.size)
+            image = fit_frame(self._frames[at].to_ndarray(format="rgb24"), self.size)
             converted = self._converted = (at, image)
         return converted[1]
 

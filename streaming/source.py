@@ -113,7 +113,7 @@ class VideoSource:
         self.native_size = native.shape[:2]
         self.size = output_size(size, *self.native_size)
         if self._still is not None:
-            self._still = resize_and_centercrop(self._still, self.size)
+            self._still = fit_frame(self._still, self.size)
         self._buffer: deque[np.ndarray] = deque()
         self._buffer_start = start  # output index of _buffer[0]
         self._keyframes: dict[int, np.ndarray] = {}
@@ -219,6 +219,15 @@ class VideoSource:
         return SequentialReader(lambda start: VideoSource(path, size, end, 1 << 40, start, self.length), size)
 
 
+def fit_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size``: the official resize and centre crop, except that a source at its own size
+    (``--size source``, less an odd last row or column) is only cropped, so that it stays pixel for pixel."""
+    height, width = image.shape[:2]
+    if 0 <= height - size[0] <= 1 and 0 <= width - size[1] <= 1:
+        return np.ascontiguousarray(image[: size[0], : size[1]])
+    return resize_and_centercrop(image, size)
+
+
 def output_size(size: int | tuple[int, int] | OutputSize, native_height: int, native_width: int) -> tuple[int, int]:
     """(height, width) of the frames a source of the given native size gives for a size setting."""
     if isinstance(size, OutputSize):
@@ -260,7 +269,7 @@ def _decode_pass(path: str, size: tuple[int, int], start: int = 0) -> Iterator[n
                 pts = Fraction(frame.pts) * frame.time_base
                 origin = pts if origin is None else origin
                 time = pts - origin
-            image = resize_and_centercrop(frame.to_ndarray(format="rgb24"), size)
+            image = fit_frame(frame.to_ndarray(format="rgb24"), size)
             if previous is not None:
                 while Fraction(out_index, FPS) < time:
                     if out_index >= start:  # (not seeking: the frames before ``start`` are passed over)

@@ -267,3 +267,14 @@ def test_a_late_reader_seeks_to_the_frame_it_is_asked_for(tmp_path):
     decoder = reader._source
     assert np.array_equal(reader.frame(100), frames[20])  # far ahead (two passes on): a new decoder, sought
     assert reader._source is not decoder and reader._source.first_held >= 98
+
+
+def test_an_odd_sized_source_is_cropped_to_even_sides_not_resampled(tmp_path):
+    from PIL import Image
+
+    from streaming.source import VideoSource
+
+    image = np.random.default_rng(3).integers(0, 256, (143, 175, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "odd.png")
+    source = VideoSource(str(tmp_path / "odd.png"), OutputSize())
+    assert source.size == (142, 174) and np.array_equal(source.frame(0), image[:142, :174])
