@@ -9,6 +9,8 @@ import os
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.io import wavfile
 
 from media import astronaut, real_speech
@@ -278,3 +280,34 @@ def test_an_odd_sized_source_is_cropped_to_even_sides_not_resampled(tmp_path):
     Image.fromarray(image).save(tmp_path / "odd.png")
     source = VideoSource(str(tmp_path / "odd.png"), OutputSize())
     assert source.size == (142, 174) and np.array_equal(source.frame(0), image[:142, :174])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 5000), st.integers(0, 5000))
+def test_any_width_and_height_is_taken_as_a_valid_size_or_refused_in_one_line(width, height):
+    try:
+        size = parse_size(f"{width}x{height}")
+    except InputError as exc:
+        assert "\n" not in str(exc) and "accepted" in str(exc)
+        return
+    if isinstance(size, tuple):  # the generator's own size
+        assert size == (height, width) and all(s % 16 == 0 and 64 <= s <= 2048 for s in size)
+    else:
+        assert (size.height, size.width) == (height, width) and height % 2 == 0 == width % 2
+        assert max(size.height, size.width) <= 3840 and min(size.height, size.width) <= 2160
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 120), st.integers(8, 160), st.data())
+def test_any_region_leaves_every_pixel_outside_it_alone(height, width, data):
+    top = data.draw(st.integers(0, height - 4))
+    left = data.draw(st.integers(0, width - 4))
+    box = Box(top, left, data.draw(st.integers(4, height - top)), data.draw(st.integers(4, width - left)))
+    work = (data.draw(st.integers(4, 64)), data.draw(st.integers(4, 64)))
+    rng = np.random.default_rng(height * width)
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    generated = rng.integers(0, 256, (*work, 3), dtype=np.uint8)
+    out = paste(frame, generated, Framing(box, work, (height, width), "face"))
+    outside = np.ones((height, width), bool)
+    outside[box.slices] = False
+    assert out.shape == frame.shape and np.array_equal(out[outside], frame[outside])
