@@ -27,10 +27,10 @@ from model.errors import InputError
 from model.passthrough import unchanged_frames
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.clock import Clock, sleep_unless
+from streaming.composite import crop
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
 from streaming.livesource import FrameWindow, LiveVideoSource
-from streaming.composite import crop
 from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, framing_info, nominal_work, whole_frame
 from streaming.regionsource import ComposedFrames, RegionSource
 from streaming.scheduler import Scheduler
@@ -310,7 +310,8 @@ class ChunkLoop:
     # Run in the session thread: the engine and the library source are touched only there.
     def _prefetch(self, end_frame: int) -> None:
         source = self.engine.source
-        if source is not None and not source.is_still and not isinstance(source, FrameWindow):
+        live = isinstance(getattr(source, "native", source), FrameWindow)  # (a region of) a frozen live window
+        if source is not None and not source.is_still and not live:
             source.frame(end_frame - 1)
 
     def _build(self, index: int, audio: "_Window", swap: _Swap | None,

@@ -86,6 +86,8 @@ class RegionSource:
             del self._crops[key]
         for key in [k for k in self._keyframes if k >= start]:
             del self._keyframes[key]
+        for chunk in [c for c in self._framings if self.plan.chunk(c).start_frame >= start]:
+            del self._framings[chunk]  # chosen on the frames being replaced
 
     # ---- the chunk engine's view ------------------------------------------------------------------------
     def framing(self, index: int) -> Framing:
