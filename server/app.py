@@ -225,10 +225,11 @@ class LiveServer:
 
     async def _config(self, request: web.Request) -> web.Response:
         """What a client needs to fill its form: the accepted delays (the generator's real minimum)."""
-        size = self.config.size
+        from streaming.source import format_size
+
         return web.json_response({
             "generator": self.generator or self.config.generator, "delay": await self.manager.delay_limits(),
-            "size": size if isinstance(size, int) else f"{size[1]}x{size[0]}", "ops": list(OPS)})
+            "size": format_size(self.config.size), "ops": list(OPS)})
 
     async def _read_sdp(self, request: web.Request, role: str) -> Offer:
         """The request's SDP offer, checked for ``role`` before anything is built for it."""

@@ -87,7 +87,8 @@ def _add_dub(commands) -> None:
                              "reference, 0 (left) to 1 (right), e.g. 0.2,0.7")
     parser.add_argument("-o", "--output", help="output mp4 (default: SOURCE_dubbed.mp4 here)")
     add_generator_options(parser)
-    parser.add_argument("--size", type=_size, default=480, help="480 (default) or 720 bucket, or WxH")
+    parser.add_argument("--size", type=_size, default=480, help="480 (default) or 720 bucket, WxH, or source "
+                        "(the source's own size, up to 3840x2160; the generator works on a region around the speaker)")
     parser.add_argument("--keyframe-interval", type=_positive_int, default=72, metavar="FRAMES",
                         help="source keyframe spacing; each chunk's reference is the nearest (default 72)")
     parser.add_argument("--color-correction", type=_strength, default=None, metavar="0..1",

@@ -58,6 +58,7 @@ class ServerConfig:
     delay: float = 5.5
     lead: float = 0.12
     size: object = 480
+    region: str | None = None  # the region=... generator option (an output size's region); None: per generator
     max_sessions: int = 4
     max_viewers: int = 8
     idle_timeout: float = 60.0
@@ -212,6 +213,7 @@ def build_config(settings: dict) -> ServerConfig:
     options = dict(s.get("generator_options", {}))  # the file's [generator_options] table
     options.update(dict(s.get("generator_option", [])))  # --generator-option KEY=VALUE
     options.update({k: v for k, v in (("weights", s.get("weights")), ("device", s.get("device"))) if v})
+    merged["region"] = _region(merged["size"], options)
     if s.get("simulate"):
         merged["generator"] = _simulated_generator(s, options)
     group = group_layout(s.get("gpus"), s.get("parallel"), merged["generator"], options)
@@ -221,6 +223,17 @@ def build_config(settings: dict) -> ServerConfig:
     return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())), group=group,
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
                         ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s))
+
+
+def _region(size, options: dict) -> str | None:
+    """The ``region`` generator option, taken out of the generator's own options (livedub cuts the region
+    for any generator); checked here so that a bad one stops the server before it starts."""
+    from streaming.region import region_finder, region_option
+
+    if "region" not in options:
+        return None
+    region_finder(size, "", {"region": options["region"]}, (0, 0))  # refused without an output size
+    return region_option("", {"region": options.pop("region")})[0]
 
 
 def _simulated_generator(s: dict, options: dict) -> str:

@@ -16,6 +16,8 @@ import secrets
 import time
 from typing import Callable
 
+import numpy as np
+
 from model.base import Tier
 from model.registry import serving_needs
 from server.config import ServerConfig
@@ -28,6 +30,7 @@ from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.events import SessionEvent, message
 from streaming.livesource import LiveVideoSource
+from streaming.region import session_region
 from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettings, check_delay, lowest_delay,
                                widest_margins)
 from streaming.sharedsource import SourceCache
@@ -224,7 +227,15 @@ class SessionManager:
         source = await self.load_source(names[0])
         run = asyncio.get_running_loop().run_in_executor
         frames = None if source.is_still else await run(None, source.frames, 0, self.plan.chunk(0).num_frames)
-        return await run(None, source.frame, 0), frames
+        reference = await run(None, source.frame, 0)
+        if session_region(self.config.size, None, "") is not None:  # the generator sees a region at its size
+            from streaming.composite import crop
+            from streaming.region import whole_frame
+
+            framing = whole_frame(reference.shape[:2])
+            reference = crop(reference, framing)
+            frames = None if frames is None else np.stack([crop(image, framing) for image in frames])
+        return reference, frames
 
     def _start_spare(self, spec: GeneratorSpec, mode: str) -> None:
         pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
@@ -311,7 +322,8 @@ class SessionManager:
             delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
                                 self.settings, self.warm_cost(pool.profile.name))
             tiers = pool.profile.tiers or SINGLE_TIER
-            settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers)
+            settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers,
+                                           region=session_region(self.config.size, self.config.region, spec.name))
             if path is None or live_video:
                 media, name = LiveVideoSource(self.config.size), "live"
             else:

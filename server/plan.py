@@ -51,8 +51,9 @@ def add_plan(commands) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    if isinstance(args.size, int):
-        raise InputError(f"bad size {args.size}: the planner needs WxH, e.g. 480x480")
+    if not isinstance(args.size, tuple):  # a bucket, or an output size (the generator works on a region)
+        raise InputError(f"bad size {args.size}: the planner needs the WxH the generator works at, e.g. 480x480 "
+                         "(with --size source it works on a region: 640x640 for face, 576x704 for upper_body)")
     height, width = args.size
     try:
         report = make_report(width, height, args.frames, args.steps, args.passes, args.gpu, args.gpus, args.dtype,

@@ -36,7 +36,8 @@ def add_serve(commands) -> None:
     add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.5)")
     add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover the output "
                                                       "leg: encode, network, jitter buffer (default 0.12)")
-    add("--size", help="output size: 480 (default) or 720 bucket, or WxH")
+    add("--size", help="output size: 480 (default) or 720 bucket, WxH, or source (the source's own size, up "
+                       "to 3840x2160; the generator works on a region around the speaker)")
     add("--max-sessions", type=int, metavar="N", help="concurrent sessions (default 4)")
     add("--max-viewers", type=int, metavar="N", help="WHEP viewers per session (default 8)")
     add("--idle-timeout", type=float, metavar="SECONDS", help="end a session after this long without "

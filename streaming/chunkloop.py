@@ -27,9 +27,12 @@ from model.errors import InputError
 from model.passthrough import unchanged_frames
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.clock import Clock, sleep_unless
+from streaming.composite import crop
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
 from streaming.livesource import FrameWindow, LiveVideoSource
+from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, framing_info, nominal_work, whole_frame
+from streaming.regionsource import ComposedFrames, RegionSource
 from streaming.scheduler import Scheduler
 from streaming.speakers import LiveSpeakers
 from streaming.timeline import OutputTimeline, SessionClock
@@ -49,11 +52,13 @@ class ShiftedSource:
     """A library source started at output frame ``offset`` (a reference swapped in mid-session plays
     from its own beginning)."""
 
-    def __init__(self, source, offset: int) -> None:
+    def __init__(self, source, offset: int, keep: int | None = None) -> None:
         self.source = source
         self.offset = offset
         self.is_still = source.is_still
         self.size = source.size
+        # Frames kept before a window (its reference may lie there); a region source keeps its own.
+        self.keep = getattr(source, "keyframe_interval", 0) if keep is None else keep
 
     def frame(self, index: int) -> np.ndarray:
         return self.source.frame(max(0, index - self.offset))
@@ -62,7 +67,12 @@ class ShiftedSource:
         return np.stack([self.frame(i) for i in range(start, start + count)])
 
     def release_before(self, index: int) -> None:
-        self.source.release_before(max(0, index - self.offset - self.source.keyframe_interval))
+        self.source.release_before(max(0, index - self.offset - self.keep))
+
+    def reader(self) -> "ShiftedSource":
+        from streaming.regionsource import reader_of
+
+        return ShiftedSource(reader_of(self.source), self.offset, 0)
 
 
 @dataclasses.dataclass
@@ -97,11 +107,18 @@ class ChunkLoop:
         self._stop = stop
         self._on_idle = on_idle
         self.live: LiveVideoSource | None = source if isinstance(source, LiveVideoSource) else None
-        self.engine = ChunkEngine(source if self.live is None else None, self.profile, plan,
-                                  settings.keyframe_interval, settings.color_correction, settings.seed)
+        # An output size the generator does not work at: it sees a region around the speaker.
+        self._region = None if settings.region is None else RegionFinder(
+            settings.region, any_size=self.profile.name in ANY_SIZE_GENERATORS)
+        self.engine = ChunkEngine(None, self.profile, plan, settings.keyframe_interval, settings.color_correction,
+                                  settings.seed)
+        if self.live is None:
+            self._use(source, 0)
         ladder = tuple(settings.tiers) + ((Tier(FALLBACK_TIER),) if fallback_pool is not None else ())
-        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one.
-        self.scheduler = Scheduler(ladder, priors=self.profile.priors(self.source_size(), plan.window, plan.context))
+        # Tiers not measured yet are judged by the generator's predicted cost, when it declares one (at the
+        # size it works at: a region's, with one).
+        work = self.source_size() if settings.region is None else nominal_work(settings.region, self.source_size())
+        self.scheduler = Scheduler(ladder, priors=self.profile.priors(work, plan.window, plan.context))
         self._swap: _Swap | None = None
         self._next_chunk = 0
         self.end_frame: int | None = None  # output frames end here once the ingest has ended
@@ -129,8 +146,15 @@ class ChunkLoop:
 
     async def run(self) -> None:
         """Chunks until the speech has ended (or the session stops)."""
-        if self._warm:
-            await self._warm_up()
+        try:
+            if self._warm:
+                await self._warm_up()
+            await self._chunks()
+        finally:
+            if self._region is not None:
+                self._region.close()
+
+    async def _chunks(self) -> None:
         index = 0
         while not self._stop.is_set():
             if self._speech_done(index):
@@ -150,8 +174,15 @@ class ChunkLoop:
         elif self.engine.source.is_still:
             frames = None
         else:
-            frames = await self._in_thread(self.engine.source.frames, 0, window)
-        request = warm_up_request(self.timeline.idle, self.plan, self.profile.audio_margins, tier, frames)
+            frames = await self._in_thread(self.engine.seen_frames, 0, 0, window)
+        reference = self.timeline.idle if frames is None or self._region is None else frames[0]
+        if self._region is not None and (self.live is not None or frames is None):
+            # The generator sees regions at its size: a live source's placeholder (or a still) as a whole
+            # frame at the bucket (a still's region is chosen with its first chunk).
+            framing = whole_frame(reference.shape[:2])
+            reference = crop(reference, framing)
+            frames = None if frames is None else np.stack([crop(image, framing) for image in frames])
+        request = warm_up_request(reference, self.plan, self.profile.audio_margins, tier, frames)
         try:
             self.warm_up = await warm_up(self.pool, request, self._now)
         except (Expired, PoolBusy, GeneratorFailed) as exc:
@@ -201,8 +232,9 @@ class ChunkLoop:
         swap, self._swap = self._swap, None
         self._next_chunk = index + 1
         live_window = self._live_window(chunk) if self.live is not None and swap is None else None
-        request, fallback, speech = await self._in_thread(self._build, index, audio, swap, live_window, second)
-        self.timeline.offer(index, fallback, "fallback")
+        request, fallback, speech, view = await self._in_thread(self._build, index, audio, swap, live_window, second)
+        blended = swap is not None and swap.mode == "blend" and request.context_frames is not None
+        self.timeline.offer(index, self._shown(chunk, fallback if blended else None, view, fallback), "fallback")
         decision = self.scheduler.choose(deadline - self._now())
         # Two speakers: each one's voice activity too.
         report = ChunkSlot(index, round(slot_due - self.clock.origin, 3), speech[0],
@@ -235,10 +267,34 @@ class ChunkLoop:
         frames = await self._in_thread(self._accept, request, result, swap)
         if self._now() > slot_due:
             return self._fell_back(index, request, fallback, "late", report, "colour correction", cost)
-        self.timeline.offer(index, frames, "generated")
+        self.timeline.offer(index, self._shown(chunk, frames, view), "generated")
         self.counts["generated"] += 1
         self._emit(ChunkDone(report, "on_time", decision.tier.name, round(cost, 4), round(result.seconds, 4),
-                             info=_jsonable(result.info)))
+                             info=_jsonable({**result.info, **framing_info(view and view[0])})))
+
+    @staticmethod
+    def _shown(chunk, frames: np.ndarray | None, view, fallback: np.ndarray | None = None):
+        """What the timeline holds of a slot: the frames, or with a region (``view``: its framing and a
+        reader of the source frames) the generator's frames composed into source frames when played
+        (``frames`` None: the source as it is)."""
+        if view is None:
+            return frames if frames is not None else fallback
+        framing, reader = view
+        return ComposedFrames(frames, chunk.num_frames - chunk.num_context, framing, chunk.new_start, reader)
+
+    def _use(self, source, start: int) -> None:
+        """The engine reads ``source`` from frame ``start`` on (through the region, when there is one)."""
+        if self._region is None:
+            self.engine.source = source
+        elif isinstance(self.engine.source, RegionSource):
+            self.engine.source.retarget(source, start)
+        else:
+            self.engine.source = RegionSource(source, self._region, self.plan, self.settings.keyframe_interval)
+
+    def first_frame(self) -> np.ndarray:
+        """The source's first frame, at the output size."""
+        source = self.engine.source
+        return source.reader.frame(0) if isinstance(source, RegionSource) else source.frame(0)
 
     def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: ChunkSlot,
                    reason: str | None = None, cost: float | None = None) -> None:
@@ -254,27 +310,35 @@ class ChunkLoop:
     # Run in the session thread: the engine and the library source are touched only there.
     def _prefetch(self, end_frame: int) -> None:
         source = self.engine.source
-        if source is not None and not source.is_still and not isinstance(source, FrameWindow):
+        live = isinstance(getattr(source, "native", source), FrameWindow)  # (a region of) a frozen live window
+        if source is not None and not source.is_still and not live:
             source.frame(end_frame - 1)
 
     def _build(self, index: int, audio: "_Window", swap: _Swap | None,
-               live_window, second: "_Window | None" = None) -> tuple[ChunkRequest, np.ndarray, list[float]]:
+               live_window, second: "_Window | None" = None
+               ) -> tuple[ChunkRequest, np.ndarray, list[float], tuple | None]:
         chunk = self.plan.chunk(index)
         if self.engine.source is not None:
             self.engine.release(index)  # frames before this chunk's window are no longer needed
         if swap is not None:
-            self.engine.source = swap.source if swap.source.is_still else ShiftedSource(swap.source, chunk.start_frame)
+            keep = 0 if self._region is not None else None
+            self._use(swap.source if swap.source.is_still else ShiftedSource(swap.source, chunk.start_frame, keep),
+                      chunk.start_frame)
             if swap.mode == "cut" and index > 0:
-                self.engine.set_context(self.engine.source.frames(chunk.start_frame, self.plan.context))
+                self.engine.set_context(self.engine.seen_frames(index, chunk.start_frame, self.plan.context),
+                                        index=index)
         elif live_window is not None:
-            self.engine.source = live_window
+            self._use(live_window, min(chunk.start_frame, nearest_keyframe(chunk.start_frame,
+                                                                           self.settings.keyframe_interval)))
         self.engine.speaker_faces = self.speakers.faces
         request = self.engine.request(index, audio, self.end_frame, second_audio=second)
         fallback = unchanged_frames(request)
         if swap is not None and swap.mode == "blend" and request.context_frames is not None:
             fallback = _cross_fade(request.context_frames[-1], fallback, self.settings.blend_frames)
+        framing = self.engine.framing(index)
+        view = None if framing is None else (framing, self.engine.source.reader)
         return request, fallback, [round(self.engine.speech_fraction(request, speaker), 3)
-                                   for speaker in range(1, request.speakers + 1)]
+                                   for speaker in range(1, request.speakers + 1)], view
 
     def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
         frames = self.engine.accept(request, result)
@@ -327,6 +391,11 @@ class _Resized:
 
     def release_before(self, index: int) -> None:
         self.source.release_before(index)
+
+    def reader(self) -> "_Resized":
+        from streaming.regionsource import reader_of
+
+        return _Resized(reader_of(self.source), self.size)
 
 
 def _cross_fade(start: np.ndarray, frames: np.ndarray, count: int) -> np.ndarray:

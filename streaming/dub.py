@@ -23,6 +23,8 @@ from streaming.engine import AudioTrack, ChunkEngine, ChunkReport
 from streaming.errors import InputError
 from streaming.media import Mp4Writer, check_output_path
 from streaming.playback import PLAYBACK_RATE, PlaybackSpeech, mix_playback, spool_folder
+from streaming.region import region_finder
+from streaming.regionsource import RegionSource
 from streaming.source import VideoSource
 
 
@@ -58,6 +60,10 @@ class DubReport:
         missed = [c.index for c in self.chunks if c.info.get("face_found") is False]
         if missed:
             line += f"; no face found in {len(missed)} of {len(self.chunks)} chunks (those frames are unchanged)"
+        regionless = [c.index for c in self.chunks if c.info.get("region_used", "region") != "region"]
+        if regionless:
+            line += (f"; no face for the region in {len(regionless)} of {len(self.chunks)} chunks (the last region, "
+                     "or the whole frame, was used)")
         return line
 
 
@@ -100,10 +106,15 @@ def _dub(source_path: str, output_path: str, settings: DubSettings, progress, ge
             check_speaker_faces(source.frame(0), faces)
         except SpeakerError as exc:
             raise InputError(str(exc)) from None
+    # An output size the generator does not work at: it works on a region around the speaker.
+    region, options = region_finder(settings.size, settings.generator, settings.generator_options, source.size,
+                                    1 if second is None else 2)
+    settings = dataclasses.replace(settings, generator_options=options)
     owned = generator is None
     generator = generator or _build(settings)
     plan = ChunkPlan()
-    engine = ChunkEngine(source, generator, plan, settings.keyframe_interval, settings.color_correction,
+    seen = source if region is None else RegionSource(source, region, plan, settings.keyframe_interval)
+    engine = ChunkEngine(seen, generator, plan, settings.keyframe_interval, settings.color_correction,
                          settings.seed)
     track = AudioTrack(speech)
     second_track = None
@@ -126,7 +137,7 @@ def _dub(source_path: str, output_path: str, settings: DubSettings, progress, ge
                 result = generator.generate(request)
                 frames = engine.accept(request, result)
                 keep = plan.output_range(chunk.index, total_frames)
-                writer.write(frames[: len(keep)])
+                writer.write(engine.compose(chunk.index, chunk.new_start, frames[: len(keep)]))
                 written += len(keep)
                 reports.append(engine.report(request, result))
                 engine.release(chunk.index + 1)
@@ -135,6 +146,8 @@ def _dub(source_path: str, output_path: str, settings: DubSettings, progress, ge
     finally:
         if owned:
             generator.close()
+        if region is not None:
+            region.close()
         if heard_second is not None:
             heard.close()  # the mix's spool (the callers close the speakers' own)
     return DubReport(output_path, written, source.size, time.perf_counter() - started, reports, heard.describe())

@@ -4,6 +4,10 @@ Shared by offline dubbing and live sessions: the request for chunk k (audio wind
 margins, nearest keyframe as reference, the last output frames as context, the source frames of the
 window) and what happens to a result (colour correction against the chunk's reference, then the new
 context is taken from the corrected frames, as the official loop does).
+
+With a region source (an output size the generator does not work at, streaming/regionsource.py), each
+chunk has a region: the generator sees that region of the source frames at its own size, and ``compose``
+puts its frames back into the source-size frames.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from model.speakers import SpeakerFaces
 from streaming.audio import VoiceActivity
 from streaming.chunker import Chunk, ChunkPlan, nearest_keyframe
 from streaming.color import match_colors_uint8
+from streaming.region import Framing, framing_info
+from streaming.regionsource import RegionSource
 from streaming.source import VideoSource
 
 
@@ -67,6 +73,10 @@ class ChunkEngine:
         self._vad = VoiceActivity()
         # Which face each speaker animates, used by requests that carry a second speech track.
         self.speaker_faces = SpeakerFaces()
+        # The region the generator sees of a RegionSource's frames (None: it works on whole frames).
+        self._last_framing: Framing | None = None  # of the last chunk requested
+        self._framing_index = 0
+        self._context_framing: Framing | None = None  # the region the context frames show
 
     def reference_index(self, chunk: Chunk) -> int:
         return nearest_keyframe(chunk.start_frame, self.keyframe_interval)
@@ -77,6 +87,9 @@ class ChunkEngine:
         context = self._context if index > 0 else None
         if index > 0 and context is None:
             raise RuntimeError(f"chunk {index} requested before chunk {index - 1} was accepted")
+        self._last_framing, self._framing_index = self.framing(index), index
+        if context is not None and _moved(self._context_framing, self._last_framing):
+            context = self._reframe(context, self.plan.chunk(index).start_frame)
         return self._request(index, audio, audio_end_frame, tier, context, second_audio)
 
     def prefetch(self, index: int, audio: AudioBuffer, audio_end_frame: int | None = None,
@@ -95,8 +108,8 @@ class ChunkEngine:
         chunk = self.plan.chunk(index)
         first, last, offset = self.plan.audio_span(chunk, self.generator.audio_margins)
         reference_index = self.reference_index(chunk)
-        reference = self.source.frame(reference_index)
-        window = None if self.source.is_still else self.source.frames(chunk.start_frame, chunk.num_frames)
+        reference = self.seen_frames(index, reference_index, 1)[0]
+        window = None if self.source.is_still else self.seen_frames(index, chunk.start_frame, chunk.num_frames)
         return ChunkRequest(
             index=index, start_frame=chunk.start_frame, num_frames=chunk.num_frames,
             audio=audio.read(first, last), audio_offset=offset,
@@ -115,11 +128,14 @@ class ChunkEngine:
                                f"expected {expected} uint8")
         if self.color_strength > 0 and not getattr(self.generator, "applies_color_correction", False):
             frames = match_colors_uint8(frames, request.reference_frame, self.color_strength)
-        self.set_context(frames, request.context_frames)
+        self.set_context(frames, request.context_frames, request.index)
         return frames
 
-    def set_context(self, new_frames: np.ndarray, previous_context: np.ndarray | None = None) -> None:
-        """Carry the last output frames into the next chunk (also used when a fallback filled the slot)."""
+    def set_context(self, new_frames: np.ndarray, previous_context: np.ndarray | None = None,
+                    index: int | None = None) -> None:
+        """Carry the last output frames into the next chunk (also used when a fallback filled the slot);
+        they show chunk ``index``'s region (by default the last chunk requested)."""
+        self._context_framing = self._last_framing if index is None else self.framing(index)
         if self.plan.context == 0:
             self._context = new_frames[:0]
             return
@@ -132,6 +148,29 @@ class ChunkEngine:
         """Free source frames no later chunk needs."""
         self.source.release_before(self.plan.chunk(next_index).start_frame)
 
+    # ---- the generator's region ----------------------------------------------------------------------
+    def framing(self, index: int) -> Framing | None:
+        """Chunk ``index``'s region (None: the generator works on whole frames)."""
+        return self.source.framing(index) if isinstance(self.source, RegionSource) else None
+
+    def seen_frames(self, index: int, start: int, count: int) -> np.ndarray:
+        """Source frames ``[start, start + count)`` as the generator sees them in chunk ``index``."""
+        if isinstance(self.source, RegionSource):
+            return self.source.crops(index, start, count)
+        return self.source.frames(start, count)
+
+    def _reframe(self, context: np.ndarray, start: int) -> np.ndarray:
+        """The region moved: the context is the source in the new region (the generator's last frames
+        showed the old one; a move is rare and is a cut anyway)."""
+        return self.source.crops(self._framing_index, start, len(context))
+
+    def compose(self, index: int, first_frame: int, frames: np.ndarray) -> np.ndarray:
+        """Output frames ``first_frame...`` at the source's size: chunk ``index``'s generated frames put
+        back into their source frames (the frames unchanged when the generator works on whole frames)."""
+        if not isinstance(self.source, RegionSource):
+            return frames
+        return np.stack(self.source.compose(index, first_frame, frames))
+
     def speech_fraction(self, request: ChunkRequest, speaker: int = 1) -> float:
         """Share of the window's 30 ms frames that webrtcvad hears as speech (of speaker 1 or 2)."""
         return self._vad.speech_fraction(request.window_audio(speaker))
@@ -140,4 +179,12 @@ class ChunkEngine:
         second = None if request.second_audio is None else self.speech_fraction(request, 2)
         return ChunkReport(index=request.index, start_frame=request.start_frame, new_frames=request.num_new,
                            reference_index=request.reference_index, speech_fraction=self.speech_fraction(request),
-                           seconds=result.seconds, info=dict(result.info), second_speech_fraction=second)
+                           seconds=result.seconds, info={**result.info, **framing_info(self.framing(request.index))},
+                           second_speech_fraction=second)
+
+
+def _moved(old: Framing | None, new: Framing | None) -> bool:
+    """Whether the region changed between two chunks (a kept region's flag alone does not count)."""
+    if old is None or new is None:
+        return False
+    return (old.box, old.work) != (new.box, new.work)

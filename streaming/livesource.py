@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from model.base import FPS
-from streaming.source import BUCKETS, bucket_size, resize_and_centercrop
+from streaming.source import OutputSize, fit_frame, output_size
 
 PLACEHOLDER_SIZE = (480, 640)  # (height, width) shown until the first frame says what the size is
 
@@ -31,16 +31,21 @@ class FrameWindow:
         self._indices = [index for index, _ in stamped]
         self._frames = [frame for _, frame in stamped]
         self.size = size
-        self._converted: dict[int, np.ndarray] = {}
+        self._converted: tuple[int, np.ndarray] | None = None  # the last one: a source-size window is large
 
     def frame(self, index: int) -> np.ndarray:
         if not self._frames:
             return np.zeros((*self.size, 3), np.uint8)
         at = max(0, bisect.bisect_right(self._indices, index) - 1)
-        if at not in self._converted:
-            image = self._frames[at].to_ndarray(format="rgb24")
-            self._converted[at] = resize_and_centercrop(image, self.size)
-        return self._converted[at]
+        converted = self._converted
+        if converted is None or converted[0] != at:
+            image = fit_frame(self._frames[at].to_ndarray(format="rgb24"), self.size)
+            converted = self._converted = (at, image)
+        return converted[1]
+
+    def reader(self) -> "FrameWindow":
+        """The same received frames, converted again on demand (composing a region's output)."""
+        return FrameWindow(list(zip(self._indices, self._frames)), self.size)
 
     def frames(self, start: int, count: int) -> np.ndarray:
         return np.stack([self.frame(i) for i in range(start, start + count)])
@@ -52,17 +57,18 @@ class FrameWindow:
 class LiveVideoSource:
     """Received video frames by capture index (bounded), from which chunk windows are frozen."""
 
-    def __init__(self, size: int | tuple[int, int] = 480, capacity_frames: int = 300) -> None:
+    def __init__(self, size: int | tuple[int, int] | OutputSize = 480, capacity_frames: int = 300) -> None:
         self._size_spec = size
-        self.size: tuple[int, int] = size if isinstance(size, tuple) else PLACEHOLDER_SIZE
-        self._sized = isinstance(size, tuple)
+        known = isinstance(size, tuple) or (isinstance(size, OutputSize) and size.height is not None)
+        self.size: tuple[int, int] = output_size(size, 0, 0) if known else PLACEHOLDER_SIZE
+        self._sized = known
         self._frames: deque[tuple[int, av.VideoFrame]] = deque(maxlen=capacity_frames)
         self.frames_received = 0
 
     def push(self, frame: av.VideoFrame, arrival: float) -> None:
         """A frame arrived at session time ``arrival`` (seconds)."""
         if not self._sized:
-            self.size = bucket_size(frame.height, frame.width, BUCKETS[self._size_spec])
+            self.size = output_size(self._size_spec, frame.height, frame.width)
             self._sized = True
         index = max(0, math.floor(arrival * FPS))
         if self._frames and self._frames[-1][0] >= index:

@@ -54,6 +54,9 @@ class SessionSettings:
     idle_timeout: float = 60.0  # seconds without ingest audio before the session ends
     buffer_seconds: float = 40.0  # speech kept in the rings (must exceed delay + one window)
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    # The region of source-size frames the generator works on (streaming/region.py: face, upper_body,
+    # full); None: it works on whole frames at the session's size.
+    region: str | None = None
 
 
 MIN_GENERATION = 0.1  # seconds left to generate in when the generator's warm cost is not known yet
@@ -140,7 +143,7 @@ class LiveSession:
         """Prepare the idle frame (the source's first frame) and start the chunk loop."""
         if self.live is None:
             self.timeline.idle = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.loop.engine.source.frame, 0)
+                self._executor, self.loop.first_frame)
         self._task = asyncio.create_task(self._run(), name=f"session-{self.id}")
 
     def session_time(self) -> float:

@@ -140,4 +140,5 @@ async def test_a_late_encoder_skips_ahead_and_the_output_ends_with_the_speech():
 
 def test_bitrate_follows_the_frame_size_within_bounds():
     assert bitrate_for((512, 512)) == 524_288
-    assert bitrate_for((64, 64)) == 250_000 and bitrate_for((2048, 2048)) == 2_500_000
+    assert bitrate_for((64, 64)) == 250_000 and bitrate_for((1080, 1920)) == 4_147_200
+    assert bitrate_for((2160, 3840)) == 10_000_000  # 4K: the cap
