@@ -77,7 +77,7 @@ class ProgrammeReader:
 
     def run(self) -> None:
         # HLS arrives a segment at a time, ahead of its frames: it keeps its first offset and buffers.
-        restamper = Restamper(pull_early=urllib.parse.urlsplit(self.url).scheme not in ("http", "https"))
+        restamper = Restamper(tighten=urllib.parse.urlsplit(self.url).scheme not in ("http", "https"))
         attempt = 0
         while not self.stop.is_set():
             connected = False
@@ -85,9 +85,13 @@ class ProgrammeReader:
             try:
                 with self._open() as (container, ended):
                     stream = container.streams.video[0]
-                    stream.thread_type = "AUTO"
+                    # Slice threads, not frame threads: those hold frames back (a frame per thread) and
+                    # release the last ones only when the stream ends, long after they were due.
+                    stream.thread_type = "SLICE"
                     for packet in container.demux(stream):
                         for frame in packet.decode():
+                            if ended() is not None:
+                                break  # the demuxer's last frame, given up at the end: stale
                             if not connected:
                                 connected, attempt = True, 0
                                 self._on_state(ProgrammeState(self.name, "connected",

@@ -48,6 +48,7 @@ class RelayStream:
         self._stall_timeout = stall_timeout
         self._last_data: float | None = None  # when bytes last came (None: the sender has not started)
         self.stalled = False
+        self._problem: str | None = None
         # -a:no: when the caller goes, the relay exits and the reader reports the loss at once.
         self.process = subprocess.Popen(
             [relay_path(), "-a:no", "-q", "-ll:error", relay_url(url), "file://con"],
@@ -67,12 +68,20 @@ class RelayStream:
                 self.stalled = True  # the sender stalled: end of stream, the reader reconnects
         return b""
 
+    @property
+    def ended(self) -> bool:
+        """No more live data: the sender stalled or the relay exited (what PyAV still has is stale)."""
+        return self.stalled or self.process.poll() is not None
+
     def problem(self) -> str | None:
         """Why the stream ended, in one line (None: it has not)."""
+        if self._problem is None and self.ended:
+            self._problem = self._why()
+        return self._problem
+
+    def _why(self) -> str:
         if self.stalled:
             return f"no data for {self._stall_timeout:g} s"
-        if self.process.poll() is None:
-            return None
         if self.process.returncode == 0:
             return "the sender disconnected"
         text = self.process.stderr.read().decode(errors="replace").strip().splitlines()

@@ -80,7 +80,8 @@ class PacedEncoder:
     def _run(self) -> None:
         base = astronaut(SIDE)
         try:
-            with av.open(self._target, "w", format=self._format) as container:
+            # Each packet leaves at once, as from a live encoder (not when PyAV's write buffer is full).
+            with av.open(self._target, "w", format=self._format, options={"flush_packets": "1"}) as container:
                 stream = container.add_stream("libx264", rate=self.fps)
                 stream.width = stream.height = SIDE
                 stream.pix_fmt = "yuv420p"

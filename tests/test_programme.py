@@ -5,6 +5,7 @@ server and played by live sessions through a sender that drops and comes back.""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from fractions import Fraction
@@ -12,7 +13,10 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from _programme_servers import SrtSender, free_udp_port, have, read_mark
+from _server_support import control_url, feed_in_real_time, speech_48k, start_server
 
+from client.control import ControlClient, ControlError
 from server.config import build_config, load_file
 from server.livesources import LiveSourceSpec, check_no_clash, parse_live_sources
 from server.sources import BadName, SourceLibrary
@@ -73,7 +77,7 @@ def test_a_stream_at_any_rate_lands_on_the_25_fps_timeline_by_its_timestamps_not
 
 
 def test_restamping_follows_breaks_and_late_frames_and_never_goes_back():
-    restamper = Restamper(pull_early=False)
+    restamper = Restamper(tighten=False)
     assert restamper.due(5.0, 100.0) == 100.0
     assert restamper.due(5.04, 100.5) == pytest.approx(100.04)  # late within the limit: its timestamp decides
     assert restamper.due(6.0, 101.0) == pytest.approx(101.0)
@@ -84,12 +88,20 @@ def test_restamping_follows_breaks_and_late_frames_and_never_goes_back():
     assert restamper.due(3.0, 50.0) == pytest.approx(101.9)  # a clock that went back: due times do not
     assert restamper.due(None, 102.5) == 102.5  # no timestamp: by arrival
     assert restamper.anchors == 5
-    # Pulled early: a frame that comes before its due time brings the stream's offset forward to it.
-    early = Restamper()
-    assert early.due(0.0, 10.0) == 10.0  # the first frame came late (the opening probe)...
-    assert early.due(0.5, 10.01) == pytest.approx(10.01)  # ...the rest of the burst: no later than arrival
-    assert early.due(1.0, 10.5) == pytest.approx(10.5)
-    assert early.due(1.04, 10.6) == pytest.approx(10.54)
+
+
+def test_the_latency_of_a_late_first_frame_is_shed_step_by_step_without_making_frames_late():
+    """The first second of frames came at once after the opening probe; the rest 20 ms after filming."""
+    def arrival(k: int) -> float:
+        return 1.0 if k < 30 else k / 30 + 0.02
+
+    restamper = Restamper()
+    leads = [restamper.due(k / 30, arrival(k)) - arrival(k) for k in range(30 * 20)]
+    assert restamper.anchors == 1 and min(leads) >= -1e-9  # never late, never re-anchored
+    assert restamper.tightened == pytest.approx(0.93)  # down to the 0.05 s slack, in 0.2 s steps
+    assert leads[-1] == pytest.approx(0.05)
+    held = Restamper(tighten=False)  # HLS: the first offset holds, segments buffer
+    assert [held.due(k / 30, arrival(k)) - arrival(k) for k in range(30 * 20)][-1] == pytest.approx(0.98)
 
 
 def test_reconnect_backoff_doubles_up_to_its_limit():
@@ -135,3 +147,111 @@ def test_a_live_source_may_not_share_a_name_with_a_file_and_clients_never_name_a
     for url in ("srt://evil.example.org:9000", "rtmp://127.0.0.1/live/x", "file:///etc/passwd", "http://x/a.m3u8"):
         with pytest.raises(BadName, match="a URL is not a source: .* available are anchor, programme$"):
             library.path(url)
+
+
+# ---- real servers ----------------------------------------------------------------------------------------
+needs_srt = pytest.mark.skipif(not have("srt-live-transmit"),
+                               reason="srt-live-transmit missing (Debian package srt-tools; scripts/setup.sh)")
+
+
+async def _programme_event(control: ControlClient, state: str, limit: float = 20.0) -> dict:
+    """The next ``programme`` event in ``state`` (the ones before it are kept in ``seen``)."""
+    while True:
+        event = await control.next_event("programme", timeout=limit)
+        control.seen.append(event["state"])
+        if event["state"] == state:
+            return event
+
+
+async def _until(condition, limit: float) -> None:
+    """Wait (bounded) until ``condition()`` holds; the outcome is judged on what was played, not on time."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+async def _watch(session, played: list) -> None:
+    """A viewer at 25 fps: every output frame at its due time, as (index, kind, programme frame shown)."""
+    n = session.clock.frame_at(time.monotonic()) + 1
+    while session.state != "ended":
+        await asyncio.sleep(max(0.0, session.clock.frame_due(n) - time.monotonic()))
+        image, kind = session.timeline.frame(n)
+        played.append((n, kind, read_mark(image) if kind != "idle" else None))
+        n += 1
+
+
+def _captured(session) -> int:
+    """The 25 fps capture frame being captured now (output frame n shows capture frame n, later)."""
+    return math.floor(session.session_time() * 25)
+
+
+def _follows(marks: list[int]) -> bool:
+    """Frames that follow a 30 fps programme at 25 fps: never back, and a new frame nearly every time."""
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    return all(step >= 0 for step in steps) and sum(step > 0 for step in steps) >= 0.8 * len(steps)
+
+
+@needs_srt
+async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_is_held_then_rejoined(tmp_path):
+    port = free_udp_port()
+    server = await start_server(str(tmp_path / "sources"), generator="lite", worker="thread", size="256x256",
+                                live_sources={"programme": f"srt://127.0.0.1:{port}?mode=listener"})
+    sender = None
+    played: list = []
+    try:
+        async with ControlClient(control_url(server)) as control:
+            control.seen = []
+            listing = await control.request("sources")
+            assert listing["sources"] == ["blue", "programme", "red"] and listing["live"] == ["programme"]
+            with pytest.raises(ControlError, match="a URL is not a source"):
+                await control.request("create", source=f"srt://127.0.0.1:{port}?mode=caller")
+            sender = SrtSender(port, first=0)
+            connected = await _programme_event(control, "connected")
+            assert connected["source"] == "programme" and connected["size"] == "320x320"
+            created = await control.request("create", source="programme")
+            assert created["source"] == "programme"
+            session = server.manager.get(created["session"])
+            programme = server.manager.programmes.get("programme")
+            assert programme.subscribers == 1
+            viewer = asyncio.create_task(_watch(session, played))
+            feed = asyncio.create_task(feed_in_real_time(session, speech_48k(13.0)))
+            await _until(lambda: _captured(session) >= 100, 30)
+            sender.kill()
+            killed_at = _captured(session)
+            lost = await _programme_event(control, "lost")
+            await _programme_event(control, "reconnecting")
+            assert lost["reason"]
+            await _until(lambda: _captured(session) >= killed_at + 75, 30)  # 3 s without
+            held_until = _captured(session)
+            sender = SrtSender(port, first=2000)
+            await _programme_event(control, "connected")
+            back_at = _captured(session)
+            await feed
+            session.end_ingest()
+            await asyncio.wait_for(session.finished.wait(), session.clock.delay + 10)
+            await viewer
+            assert programme.subscribers == 0  # the ended session no longer gets frames
+            stats = (await control.request("stats"))["live_sources"]
+    finally:
+        if sender is not None:
+            sender.kill()
+        await server.stop()
+    assert control.seen == ["connected", "lost", "reconnecting", "connected"]
+    assert stats[0]["state"] == "connected" and stats[0]["frames"] > 200
+    shown = {n: (kind, mark) for n, kind, mark in played}
+    indices = sorted(shown)
+    assert indices == list(range(indices[0], indices[-1] + 1))  # a frame for every 25 fps slot
+    first_chunk = min(n for n, (kind, _) in shown.items() if kind != "idle")
+    assert all(kind in ("generated", "fallback") for n, (kind, _) in shown.items() if n >= first_chunk)
+    assert any(kind == "generated" for kind, _ in shown.values())
+    # Before the drop: the programme as it goes (30 fps shown at 25 fps).
+    before = [shown[n][1] for n in range(first_chunk, killed_at - 25) if n in shown]
+    assert len(before) > 25 and _follows(before) and max(before) < 2000
+    # The sender gone: the last programme frame held, at 25 fps, until it is back (the sender's last
+    # burst of frames is due up to a second after it came).
+    held = [shown[n][1] for n in range(killed_at + 40, held_until) if n in shown]
+    assert len(held) >= 20 and len(set(held)) == 1 and max(before) <= held[0] < 2000
+    # Back: the new programme from its first frames on.
+    after = [shown[n][1] for n in range(back_at + 25, indices[-1] - 10) if n in shown]
+    assert len(after) > 25 and _follows(after) and min(after) >= 2000
