@@ -25,7 +25,9 @@ from streaming.programmereader import ProgrammeReader, ProgrammeState
 
 log = logging.getLogger("livedub.programme")
 QUEUE_FRAMES = 50  # two seconds of frames between the reader and a busy event loop; beyond, frames drop
-JOIN_TIMEOUT = 6.0  # seconds to wait for a reader to notice its stop (a pulled stream's read timeout)
+# Seconds to wait for a reader to notice its stop. One blocked in a pulled stream's read notices only at
+# the read timeout (PyAV's reads cannot be interrupted); it is a daemon thread and ends by itself then.
+JOIN_TIMEOUT = 1.0
 
 Push = Callable[[av.VideoFrame, float], None]
 
@@ -63,7 +65,7 @@ class Programme:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, JOIN_TIMEOUT)
             if self._thread.is_alive():
-                log.warning("programme %s: its reader did not stop within %.0f s", self.name, JOIN_TIMEOUT)
+                log.info("programme %s: its reader ends at its read timeout", self.name)
         self._subscribers.clear()
 
     # ---- sessions (loop) ------------------------------------------------------------------------------

@@ -125,3 +125,46 @@ class SrtSender:
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None or os.path.exists(binary)
+
+
+NGINX = "/usr/sbin/nginx"
+RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+
+
+class NginxRtmp:
+    """nginx with its RTMP module on a free loopback port (``live`` application), in a temp folder."""
+
+    def __init__(self, folder: str) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        conf = os.path.join(folder, "nginx.conf")
+        with open(conf, "w") as handle:
+            handle.write(f"load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\n"
+                         f"error_log {folder}/error.log warn;\npid {folder}/nginx.pid;\n"
+                         "events { worker_connections 64; }\n"
+                         f"rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; }} }} }}\n")
+        self.process = subprocess.Popen([NGINX, "-c", conf, "-p", folder], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:  # bounded: up once its port answers
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"nginx did not start: {open(os.path.join(folder, 'error.log')).read()}")
+                time.sleep(0.05)
+
+    def url(self, stream: str) -> str:
+        return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

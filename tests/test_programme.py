@@ -13,7 +13,8 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from _programme_servers import SrtSender, free_udp_port, have, read_mark
+from _programme_servers import (NGINX, RTMP_MODULE, NginxRtmp, PacedEncoder, SrtSender, free_udp_port, have,
+                                read_mark)
 from _server_support import control_url, feed_in_real_time, speech_48k, start_server
 
 from client.control import ControlClient, ControlError
@@ -255,3 +256,35 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
     # Back: the new programme from its first frames on.
     after = [shown[n][1] for n in range(back_at + 25, indices[-1] - 10) if n in shown]
     assert len(after) > 25 and _follows(after) and min(after) >= 2000
+
+
+@pytest.mark.skipif(not (have(NGINX) and have(RTMP_MODULE)),
+                    reason="nginx or its RTMP module missing (Debian nginx, libnginx-mod-rtmp; scripts/setup.sh)")
+async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
+    nginx = NginxRtmp(str(tmp_path))
+    publisher = PacedEncoder(nginx.url("programme"), "flv", first=500)  # as OBS or a vision mixer would
+    played: list = []
+    server = None
+    try:
+        await _until(lambda: publisher.sent >= 15, 20)  # publishing: a player finds the stream there
+        server = await start_server(str(tmp_path / "sources"), size="256x256",
+                                    live_sources={"studio": nginx.url("programme")})
+        async with ControlClient(control_url(server)) as control:
+            control.seen = []
+            await _programme_event(control, "connected")
+            created = await control.request("create", source="studio")
+            session = server.manager.get(created["session"])
+            viewer = asyncio.create_task(_watch(session, played))
+            await feed_in_real_time(session, speech_48k(5.0))
+            session.end_ingest()
+            await asyncio.wait_for(session.finished.wait(), session.clock.delay + 10)
+            await viewer
+            print("programme events:", control.seen)
+    finally:
+        if server is not None:
+            await server.stop()
+        publisher.stop()
+        nginx.stop()
+    assert publisher.error is None
+    marks = [mark for _, kind, mark in played if kind != "idle"]
+    assert len(marks) > 75 and _follows(marks[25:]) and min(marks) >= 500
