@@ -5,14 +5,17 @@ server and played by live sessions through a sender that drops and comes back.""
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import random
 import time
 from fractions import Fraction
 
+import aiohttp
 import av
 import numpy as np
 import pytest
+from PIL import Image
 from _programme_servers import (NGINX, RTMP_MODULE, NginxRtmp, PacedEncoder, SrtSender, free_udp_port, have,
                                 read_mark)
 from _server_support import control_url, feed_in_real_time, speech_48k, start_server
@@ -215,6 +218,8 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
             session = server.manager.get(created["session"])
             programme = server.manager.programmes.get("programme")
             assert programme.subscribers == 1
+            with pytest.raises(ControlError, match="programme is a live programme source"):
+                await control.request("swap_reference", session=session.id, source="programme")
             viewer = asyncio.create_task(_watch(session, played))
             feed = asyncio.create_task(feed_in_real_time(session, speech_48k(13.0)))
             await _until(lambda: _captured(session) >= 100, 30)
@@ -272,6 +277,11 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
         async with ControlClient(control_url(server)) as control:
             control.seen = []
             await _programme_event(control, "connected")
+            async with aiohttp.ClientSession() as http:  # the console's picker shows its last frame
+                async with http.get(server.url + "sources/studio/thumbnail") as response:
+                    assert response.status == 200 and response.content_type == "image/jpeg"
+                    thumbnail = Image.open(io.BytesIO(await response.read()))
+            assert thumbnail.size == (160, 160) and read_mark(np.asarray(thumbnail.convert("RGB"))) >= 500
             created = await control.request("create", source="studio")
             session = server.manager.get(created["session"])
             viewer = asyncio.create_task(_watch(session, played))
