@@ -131,19 +131,27 @@ NGINX = "/usr/sbin/nginx"
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 
 
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class NginxRtmp:
-    """nginx with its RTMP module on a free loopback port (``live`` application), in a temp folder."""
+    """nginx with its RTMP module on free loopback ports, in a temp folder: RTMP in and out (``live``
+    application), and the HLS it makes of each stream served over HTTP (1 s fragments)."""
 
     def __init__(self, folder: str) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port, self.http_port = _free_tcp_port(), _free_tcp_port()
         conf = os.path.join(folder, "nginx.conf")
         with open(conf, "w") as handle:
             handle.write(f"load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\n"
                          f"error_log {folder}/error.log warn;\npid {folder}/nginx.pid;\n"
                          "events { worker_connections 64; }\n"
-                         f"rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; }} }} }}\n")
+                         f"rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; hls on; "
+                         f"hls_path {folder}/hls; hls_fragment 1s; hls_playlist_length 4s; }} }} }}\n"
+                         f"http {{ access_log off; types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}\n"
+                         f"  server {{ listen 127.0.0.1:{self.http_port}; location /hls/ {{ root {folder}; }} }} }}\n")
         self.process = subprocess.Popen([NGINX, "-c", conf, "-p", folder], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -159,6 +167,9 @@ class NginxRtmp:
 
     def url(self, stream: str) -> str:
         return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
+
+    def hls_url(self, stream: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/hls/{stream}.m3u8"
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -26,6 +26,7 @@ from server.livesources import LiveSourceSpec, check_no_clash, parse_live_source
 from server.sources import BadName, SourceLibrary
 from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
+from streaming.programme import Programme
 from streaming.programmereader import Backoff
 from streaming.restamp import Restamper
 from streaming.timeline import SessionClock
@@ -123,7 +124,7 @@ def test_live_sources_from_the_config_file_are_checked_at_start_up(tmp_path):
                                    LiveSourceSpec("studio-b", "rtmp://127.0.0.1/live/b"),
                                    LiveSourceSpec("feed", "https://cdn.example.org/live/index.m3u8"),
                                    LiveSourceSpec("cam", "rtsp://10.0.0.5:8554/cam"))
-    for table, match in (({"p": "udp://0.0.0.0:9000"}, r"bad live source p = 'udp://0\.0\.0\.0:9000': accepted are srt://"),
+    for table, match in (({"p": "udp://0.0.0.0:9000"}, r"bad live source p = 'udp://0\.0\.0\.0:9000': accepted are srt:"),
                          ({"p": "/srv/programme.ts"}, "accepted are srt://"),
                          ({"p": "http://cdn.example.org/live.mp4"}, "must be an HLS playlist"),
                          ({"p": "srt://0.0.0.0?mode=listener"}, "an SRT source needs a port"),
@@ -298,3 +299,32 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
     assert publisher.error is None
     marks = [mark for _, kind, mark in played if kind != "idle"]
     assert len(marks) > 75 and _follows(marks[25:]) and min(marks) >= 500
+
+
+@pytest.mark.skipif(not (have(NGINX) and have(RTMP_MODULE)),
+                    reason="nginx or its RTMP module missing (Debian nginx, libnginx-mod-rtmp; scripts/setup.sh)")
+async def test_an_hls_programme_is_read_at_its_own_pace_a_segment_ahead(tmp_path):
+    """nginx makes HLS of an RTMP stream; the programme reads the playlist over HTTP: its frames come a
+    segment at a time but are due at the stream's pace, and are read no more than 2 s ahead."""
+    nginx = NginxRtmp(str(tmp_path))
+    publisher = PacedEncoder(nginx.url("programme"), "flv", first=300)
+    playlist = tmp_path / "hls" / "programme.m3u8"
+    states: list = []
+    received: list = []
+    programme = Programme("feed", nginx.hls_url("programme"), states.append)
+    programme.subscribe(lambda frame, due: received.append((time.monotonic(), due, frame)))
+    try:
+        await _until(lambda: playlist.exists() and playlist.read_text().count(".ts") >= 3, 20)
+        programme.start()
+        await _until(lambda: len(received) >= 150, 20)
+    finally:
+        await programme.close()
+        publisher.stop()
+        nginx.stop()
+    assert [s.state for s in states] == ["connected"] and states[0].size == "320x320"
+    marks = [read_mark(frame.to_ndarray(format="rgb24")) for _, _, frame in received]
+    assert marks[0] >= 300 and marks == list(range(marks[0], marks[0] + len(marks)))  # every frame, in order
+    dues = [due for _, due, _ in received]
+    steps = np.diff(dues)
+    assert np.allclose(steps, 1 / 30, atol=1e-3)  # at the stream's own 30 fps (FLV stamps in ms), not as segments came
+    assert max(due - arrival for arrival, due, _ in received) <= 2.0 + 0.1  # read at most 2 s ahead
