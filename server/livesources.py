@@ -38,10 +38,19 @@ def parse_live_sources(table) -> tuple[LiveSourceSpec, ...]:
     if not isinstance(table, dict):
         raise InputError(f"bad live_sources {str(table)[:80]!r}: accepted is a table of NAME = \"URL\" "
                          "([live_sources] in the config file)")
-    return tuple(LiveSourceSpec(_check_name(name), _check_url(name, url)) for name, url in table.items())
+    specs = tuple(LiveSourceSpec(_check_name(name), _check_url(name, url)) for name, url in table.items())
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.url in seen:  # two readers of one stream (or two listeners on one port) never both work
+            raise InputError(f"live sources {seen[spec.url]} and {spec.name} have the same URL: give each stream "
+                             "one name")
+        seen[spec.url] = spec.name
+    return specs
 
 
 def _check_name(name: str) -> str:
+    if name == "live":
+        raise InputError("bad live source name 'live': it names a session's own WebRTC video; choose another")
     if not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InputError(f"bad live source name {name[:80]!r}: accepted are letters, digits, '.', '_', '-' "
                          "(at most 64, starting with a letter or digit)")
