@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -48,11 +49,14 @@ class RelayStream:
         self._stall_timeout = stall_timeout
         self._last_data: float | None = None  # when bytes last came (None: the sender has not started)
         self.stalled = False
+        self._closed = False  # its output ended
         self._problem: str | None = None
-        # -a:no: when the caller goes, the relay exits and the reader reports the loss at once.
+        # -a:no: when the caller goes, the relay exits and the reader reports the loss at once. Its
+        # messages go to a file, not a pipe: a pipe nobody reads while the stream runs could fill and stall it.
+        self._messages = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [relay_path(), "-a:no", "-q", "-ll:error", relay_url(url), "file://con"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [relay_path(), "-a:no", "-ll:error", relay_url(url), "file://con"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._messages)
         self._fd = self.process.stdout.fileno()
 
     def read(self, size: int = -1) -> bytes:
@@ -63,7 +67,9 @@ class RelayStream:
                 data = os.read(self._fd, size)
                 if data:
                     self._last_data = time.monotonic()
-                return data  # b"": the relay exited
+                else:
+                    self._closed = True  # the relay is exiting
+                return data
             if self._last_data is not None and time.monotonic() - self._last_data >= self._stall_timeout:
                 self.stalled = True  # the sender stalled: end of stream, the reader reconnects
         return b""
@@ -71,7 +77,7 @@ class RelayStream:
     @property
     def ended(self) -> bool:
         """No more live data: the sender stalled or the relay exited (what PyAV still has is stale)."""
-        return self.stalled or self.process.poll() is not None
+        return self.stalled or self._closed or self.process.poll() is not None
 
     def problem(self) -> str | None:
         """Why the stream ended, in one line (None: it has not)."""
@@ -82,14 +88,20 @@ class RelayStream:
     def _why(self) -> str:
         if self.stalled:
             return f"no data for {self._stall_timeout:g} s"
+        try:
+            self.process.wait(timeout=2)  # its output closed as it exits: its status is a moment away
+        except subprocess.TimeoutExpired:
+            return f"{RELAY} closed its output"
         if self.process.returncode == 0:
             return "the sender disconnected"
-        text = self.process.stderr.read().decode(errors="replace").strip().splitlines()
-        return (text[-1] if text else f"{RELAY} exited with status {self.process.returncode}")[:200]
+        self._messages.seek(0)
+        lines = [line for line in self._messages.read(1 << 16).decode(errors="replace").splitlines()
+                 if line.strip() and not line.startswith("Media path")]
+        return (f"{RELAY}: {lines[-1].strip()}" if lines else f"{RELAY} exited with status {self.process.returncode}")[:200]
 
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()  # reaped: no zombie
         self.process.stdout.close()
-        self.process.stderr.close()
+        self._messages.close()

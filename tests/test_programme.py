@@ -9,6 +9,7 @@ import io
 import math
 import os
 import random
+import socket
 import time
 from fractions import Fraction
 
@@ -350,3 +351,21 @@ async def test_an_hls_programme_is_read_at_its_own_pace_a_segment_ahead(tmp_path
     steps = np.diff(dues)
     assert np.allclose(steps, 1 / 30, atol=1e-3)  # at the stream's own 30 fps (FLV stamps in ms), not as segments came
     assert max(due - arrival for arrival, due, _ in received) <= 2.0 + 0.1  # read at most 2 s ahead
+
+
+@needs_srt
+async def test_an_srt_listener_that_cannot_start_is_retried_with_the_relays_reason(tmp_path):
+    port = free_udp_port()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the port is taken
+    squatter.bind(("0.0.0.0", port))
+    states: list = []
+    programme = Programme("programme", f"srt://0.0.0.0:{port}?mode=listener", states.append)
+    programme.start()
+    try:
+        await _until(lambda: len(states) >= 2, 20)
+    finally:
+        await programme.close()
+        squatter.close()
+    assert [(s.state, s.attempt, s.retry_in) for s in states[:2]] == [("reconnecting", 1, 0.5), ("reconnecting", 2, 1.0)]
+    assert states[0].reason.startswith("srt-live-transmit: ") and "srt_bind" in states[0].reason
+    assert programme.state == "reconnecting" and _relays() == []
