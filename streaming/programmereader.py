@@ -73,7 +73,6 @@ class ProgrammeReader:
         self._now = now
         self._backoff = backoff
         self.stop = threading.Event()
-        self.frames_decoded = 0  # read by stats from the loop: a plain int, written here only
 
     def run(self) -> None:
         # HLS arrives a segment at a time, ahead of its frames: it keeps its first offset and buffers.
@@ -84,6 +83,8 @@ class ProgrammeReader:
             reason = "the stream ended"
             try:
                 with self._open() as (container, ended):
+                    if not container.streams.video:
+                        raise OSError("the stream has no video")
                     stream = container.streams.video[0]
                     # Slice threads, not frame threads: those hold frames back (a frame per thread) and
                     # release the last ones only when the stream ends, long after they were due.
@@ -100,7 +101,7 @@ class ProgrammeReader:
                         if self.stop.is_set():
                             break
                     reason = ended() or reason
-            except (av.FFmpegError, OSError, IndexError, RelayMissing) as exc:
+            except (av.FFmpegError, OSError, RelayMissing) as exc:
                 reason = _one_line(exc)
             except Exception as exc:  # noqa: BLE001 - a bug in one stream must not end the thread for good
                 log.exception("programme %s: reader failed", self.name)
@@ -121,7 +122,6 @@ class ProgrammeReader:
         ahead = due - self._now() - AHEAD_LIMIT
         if ahead > 0:
             self.stop.wait(ahead)  # read a burst at the stream's own pace (bounded memory)
-        self.frames_decoded += 1
         self._on_frame(frame, due)
 
     @contextlib.contextmanager
