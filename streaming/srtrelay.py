@@ -23,6 +23,11 @@ POLL = 0.1  # seconds between checks of the stop flag while no bytes come
 STALL_TIMEOUT = 2.0  # seconds without bytes, once the sender had started, before the stream counts as lost
 
 
+# The relay's stdout is block-buffered (a pipe): at a low bitrate a buffer takes a second to fill, and
+# the frames in it come that late. coreutils' stdbuf makes it write each SRT packet as it comes.
+UNBUFFERED = ("stdbuf", "-o0") if shutil.which("stdbuf") else ()
+
+
 class RelayMissing(RuntimeError):
     pass
 
@@ -55,7 +60,7 @@ class RelayStream:
         # messages go to a file, not a pipe: a pipe nobody reads while the stream runs could fill and stall it.
         self._messages = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [relay_path(), "-a:no", "-ll:error", relay_url(url), "file://con"],
+            [*UNBUFFERED, relay_path(), "-a:no", "-ll:error", relay_url(url), "file://con"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._messages)
         self._fd = self.process.stdout.fileno()
 

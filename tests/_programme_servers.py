@@ -31,7 +31,12 @@ def free_udp_port() -> int:
 
 
 def marked_frame(base: np.ndarray, k: int) -> np.ndarray:
+    """``base`` with frame number ``k`` in its top band, and a strip of fresh noise along its bottom: a
+    programme's picture changes, so its frames have the sizes of a real stream's (a still picture's
+    would be a few hundred bytes, which an SRT sender holds until a packet's worth has come)."""
     image = base.copy()
+    strip = max(8, image.shape[0] // 10)
+    image[-strip:] = np.random.default_rng(k).integers(0, 256, (strip, *image.shape[1:]), np.uint8)
     width = image.shape[1] // 3
     for block in range(3):
         level = ((k >> (4 * block)) & 15) * 16 + 8
