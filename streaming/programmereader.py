@@ -93,11 +93,11 @@ class ProgrammeReader:
                         for frame in packet.decode():
                             if ended() is not None:
                                 break  # the demuxer's last frame, given up at the end: stale
-                            if not connected:
+                            self._hand_over(frame, restamper)
+                            if not connected:  # after its first frame: a connected programme has a picture
                                 connected, attempt = True, 0
                                 self._on_state(ProgrammeState(self.name, "connected",
                                                               size=f"{frame.width}x{frame.height}"))
-                            self._hand_over(frame, restamper)
                         if self.stop.is_set():
                             break
                     reason = ended() or reason

@@ -163,11 +163,11 @@ needs_srt = pytest.mark.skipif(not have("srt-live-transmit"),
                                reason="srt-live-transmit missing (Debian package srt-tools; scripts/setup.sh)")
 
 
-async def _programme_event(control: ControlClient, state: str, limit: float = 20.0) -> dict:
-    """The next ``programme`` event in ``state`` (the ones before it are kept in ``seen``)."""
+async def _programme_event(control: ControlClient, seen: list, state: str, limit: float = 20.0) -> dict:
+    """The next ``programme`` event in ``state`` (the states of all, this one's included, go to ``seen``)."""
     while True:
         event = await control.next_event("programme", timeout=limit)
-        control.seen.append(event["state"])
+        seen.append(event["state"])
         if event["state"] == state:
             return event
 
@@ -225,15 +225,15 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
                                 live_sources={"programme": f"srt://127.0.0.1:{port}?mode=listener"})
     sender = None
     played: list = []
+    seen: list = []
     try:
         async with ControlClient(control_url(server)) as control:
-            control.seen = []
             listing = await control.request("sources")
             assert listing["sources"] == ["blue", "programme", "red"] and listing["live"] == ["programme"]
             with pytest.raises(ControlError, match="a URL is not a source"):
                 await control.request("create", source=f"srt://127.0.0.1:{port}?mode=caller")
             sender = SrtSender(port, first=0)
-            connected = await _programme_event(control, "connected")
+            connected = await _programme_event(control, seen, "connected")
             assert connected["source"] == "programme" and connected["size"] == "320x320"
             created = await control.request("create", source="programme")
             assert created["source"] == "programme"
@@ -247,13 +247,13 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
             await _until(lambda: _captured(session) >= 100, 30)
             sender.kill()
             killed_at = _captured(session)
-            lost = await _programme_event(control, "lost")
-            await _programme_event(control, "reconnecting")
+            lost = await _programme_event(control, seen, "lost")
+            await _programme_event(control, seen, "reconnecting")
             assert lost["reason"]
             await _until(lambda: _captured(session) >= killed_at + 75, 30)  # 3 s without
             held_until = _captured(session)
             sender = SrtSender(port, first=2000)
-            await _programme_event(control, "connected")
+            await _programme_event(control, seen, "connected")
             back_at = _captured(session)
             await _until(lambda: _captured(session) >= back_at + 125, 30)  # 5 s of the programme back
             feed.cancel()  # the speech ends here
@@ -267,7 +267,7 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
             sender.kill()
         await server.stop()
     assert _relays() == []  # the server's SRT relays were killed and reaped (no zombies)
-    assert control.seen == ["connected", "lost", "reconnecting", "connected"]
+    assert seen == ["connected", "lost", "reconnecting", "connected"]
     assert stats[0]["state"] == "connected" and stats[0]["frames"] > 200
     shown = {n: (kind, mark) for n, kind, mark in played}
     indices = sorted(shown)
@@ -293,14 +293,14 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
     nginx = NginxRtmp(str(tmp_path))
     publisher = PacedEncoder(nginx.url("programme"), "flv", first=500)  # as OBS or a vision mixer would
     played: list = []
+    seen: list = []
     server = None
     try:
         await _until(lambda: publisher.sent >= 15, 20)  # publishing: a player finds the stream there
         server = await start_server(str(tmp_path / "sources"), size="256x256",
                                     live_sources={"studio": nginx.url("programme")})
         async with ControlClient(control_url(server)) as control:
-            control.seen = []
-            await _programme_event(control, "connected")
+            await _programme_event(control, seen, "connected")
             async with aiohttp.ClientSession() as http:  # the console's picker shows its last frame
                 async with http.get(server.url + "sources/studio/thumbnail") as response:
                     assert response.status == 200 and response.content_type == "image/jpeg"
@@ -313,7 +313,6 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
             session.end_ingest()
             await asyncio.wait_for(session.finished.wait(), session.clock.delay + 10)
             await viewer
-            print("programme events:", control.seen)
     finally:
         if server is not None:
             await server.stop()
