@@ -38,6 +38,7 @@ from server.auth import authorized, same_token
 from server.config import ServerConfig
 from server.control import ERROR_CODES, OPS, ControlChannel
 from server.httplog import AccessLogger, http_logger
+from server.livesources import check_no_clash, programme_thumbnail
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
 from server.mqtt import MqttBridge
@@ -98,7 +99,8 @@ class LiveServer:
                  settings: SessionSettings | None = None, demo_speech: str | None = None) -> None:
         self.config = config
         self.demo_speech = demo_speech
-        self.library = SourceLibrary(config.sources)
+        self.library = SourceLibrary(config.sources, [spec.name for spec in config.live_sources])
+        check_no_clash(config.live_sources, self.library.names())
         self.thumbnails = Thumbnails(self.library, config.size)
         self.manager = SessionManager(config, self.library, plan, settings)
         self.mqtt = MqttBridge(config.mqtt, self.manager, self._mqtt_channel) if config.mqtt else None
@@ -216,10 +218,14 @@ class LiveServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _sources(self, request: web.Request) -> web.Response:
-        return web.json_response({"sources": sorted(self.library.names())})
+        return web.json_response({"sources": self.library.listing(), "live": list(self.library.live_names)})
 
     async def _thumbnail(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        programme = self.manager.programmes.get(name)
+        if programme is not None:  # the programme's last frame, made afresh each time
+            data = await asyncio.get_running_loop().run_in_executor(None, programme_thumbnail, programme)
+            return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
         data = await asyncio.get_running_loop().run_in_executor(None, self.thumbnails.jpeg, name)
         return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 

@@ -70,6 +70,7 @@ class ServerConfig:
     max_message_bytes: int = 65_536
     max_sdp_bytes: int = 65_536
     group: object = None  # a streaming.group.GroupLayout (--gpus/--parallel), or None: no process group
+    live_sources: tuple = ()  # server.livesources.LiveSourceSpec: the operator's [live_sources] table
 
     @property
     def loopback(self) -> bool:
@@ -177,6 +178,7 @@ def _number(settings: dict, key: str, kind, low: float, high: float, unit: str):
 
 def build_config(settings: dict) -> ServerConfig:
     """A checked ServerConfig from merged settings (file values overridden by the command line)."""
+    from server.livesources import parse_live_sources
     from streaming.group import group_layout
     from streaming.source import parse_size
 
@@ -222,7 +224,8 @@ def build_config(settings: dict) -> ServerConfig:
                          "serves every session")
     return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())), group=group,
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
-                        ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s))
+                        ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s),
+                        live_sources=parse_live_sources(s.get("live_sources")))
 
 
 def _region(size, options: dict) -> str | None:
@@ -278,5 +281,5 @@ KNOWN_KEYS = {
     "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "connect_timeout", "token", "token_file", "ice_server", "ice_servers",
     "gpus", "parallel", "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
     "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_stats_interval", "max_message_bytes",
-    "max_sdp_bytes", "simulate",
+    "max_sdp_bytes", "simulate", "live_sources",
 }

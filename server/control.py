@@ -196,7 +196,8 @@ class ControlChannel:
     async def _op_stats(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,), required=False)
         if session_id is None:
-            return {"sessions": [s.stats() for s in self.manager.sessions.values()]}
+            return {"sessions": [s.stats() for s in self.manager.sessions.values()],
+                    "live_sources": self.manager.programmes.stats()}
         return {"stats": self.manager.get(session_id).stats()}
 
     async def _op_stop(self, message: dict) -> dict:
@@ -209,7 +210,7 @@ class ControlChannel:
                               "state": s.state, **self.urls(sid)} for sid, s in self.manager.sessions.items()]}
 
     async def _op_sources(self, message: dict) -> dict:
-        return {"sources": sorted(self.manager.library.names())}
+        return {"sources": self.manager.library.listing(), "live": list(self.manager.library.live_names)}
 
     async def _op_subscribe(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,))

@@ -24,6 +24,7 @@ from server.config import ServerConfig
 from server.egress import Egress
 from server.offers import Offer
 from server.heap import release_free_heap
+from server.livesources import Programmes
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
@@ -64,6 +65,7 @@ class _Entry:
     watcher: asyncio.Task | None = None
     own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
     egress: Egress | None = None  # the session's encoders, shared by its viewers (made for the first)
+    unsubscribe: Callable[[], None] | None = None  # from its live programme source, if it plays one
 
 
 class SessionManager:
@@ -91,6 +93,8 @@ class SessionManager:
         self._unbuildable: dict[str, str] = {}
         self._warm_costs: dict[str, float] = {}  # generator -> warm chunk seconds measured at start-up
         self.sources = SourceCache()  # sessions on one library source share its decoded frames
+        # The operator's live programme sources: read from start-up on, shared by the sessions on them.
+        self.programmes = Programmes(config.live_sources, lambda state: self.emit(state.message()))
 
     # ---- events -----------------------------------------------------------------------------------------
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
@@ -192,7 +196,9 @@ class SessionManager:
 
     async def prepare(self) -> str:
         """Load the default generator at start-up (a shared GPU model now; a spare worker otherwise), warm
-        it on a library source to measure its chunk cost, and refuse a --delay below what it needs."""
+        it on a library source to measure its chunk cost, and refuse a --delay below what it needs.
+        The live programme sources start reading now (a listener must be up before its sender connects)."""
+        self.programmes.start()
         spec, mode = self._spec(None)
         needs = serving_needs(spec.name)
         if self._shared(spec):
@@ -308,7 +314,8 @@ class SessionManager:
                      live_video: bool = False) -> LiveSession:
         """A new session on library source ``source`` (or on live video from its WHIP ingest)."""
         # Everything that can be refused is refused first, before a worker is taken or started.
-        path = None if live_video and source is None else self.library.path(source)
+        programme = None if live_video else self.programmes.get(source)
+        path = None if (live_video and source is None) or programme is not None else self.library.path(source)
         spec, _ = self._spec(generator)
         self._check_buildable(spec)
         self._check_delay_early(spec, delay)
@@ -324,7 +331,9 @@ class SessionManager:
             tiers = pool.profile.tiers or SINGLE_TIER
             settings = dataclasses.replace(self.settings, delay=delay, tiers=tiers,
                                            region=session_region(self.config.size, self.config.region, spec.name))
-            if path is None or live_video:
+            if programme is not None:
+                media, name = programme.live_source(self.config.size), source
+            elif path is None or live_video:
                 media, name = LiveVideoSource(self.config.size), "live"
             else:
                 media = await asyncio.get_running_loop().run_in_executor(
@@ -345,6 +354,8 @@ class SessionManager:
         finally:
             self._creating -= 1
         entry = _Entry(session, own_pools=owned)
+        if programme is not None:
+            entry.unsubscribe = programme.subscribe(functools.partial(_push_programme_frame, session))
         self._entries[session_id] = entry
         entry.watcher = asyncio.create_task(self._reap(entry), name=f"reap-{session_id}")
         log.info("session %s created (source %s, generator %s, delay %.2f s)", session_id, name,
@@ -445,6 +456,8 @@ class SessionManager:
     async def _reap(self, entry: _Entry) -> None:
         """When the session ends (for whatever reason), close its peers and forget it."""
         await entry.session.finished.wait()
+        if entry.unsubscribe is not None:
+            entry.unsubscribe()
         peers = [p for p in (entry.ingest, entry.second_ingest) if p] + list(entry.viewers.values())
         await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
                              return_exceptions=True)
@@ -459,6 +472,9 @@ class SessionManager:
         session = self.get(session_id)
         if mode not in SWAP_MODES:
             raise InputError(f"bad swap mode {str(mode)[:20]!r}: accepted are {', '.join(SWAP_MODES)}")
+        if self.programmes.get(source) is not None:
+            raise InputError(f"{source} is a live programme source: a session starts on it (create); a reference "
+                             "swapped in must be a file of the sources folder")
         media = await self.load_source(source)
         previous = session.source_name
         where = session.swap_reference(source, media, mode)
@@ -470,6 +486,7 @@ class SessionManager:
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(sid, "server_stopped") for sid in list(self._entries)),
                              return_exceptions=True)
+        await self.programmes.close()
         if self._spare is not None:
             (task, pool), self._spare = self._spare, None
             await asyncio.gather(task, return_exceptions=True)
@@ -477,3 +494,9 @@ class SessionManager:
         await asyncio.gather(*(p.close() for p in self._pools.values()), return_exceptions=True)
         self._pools.clear()
 
+
+def _push_programme_frame(session: LiveSession, frame, due: float) -> None:
+    """A programme frame due at ``due`` (server clock) onto the session's capture timeline (until a
+    library reference swapped in replaces the live video)."""
+    if session.live is not None:
+        session.live.push(frame, session.clock.session_time(due))

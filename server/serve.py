@@ -114,7 +114,7 @@ async def _serve(config, demo_speech: str | None) -> int:
             url = await server.start()
         except GeneratorFailed as exc:
             raise InputError(str(exc)) from None
-        sources = ", ".join(sorted(server.library.names())) or "none"
+        sources = ", ".join(server.library.listing()) or "none"  # live programme sources included
         generator = server.generator
         print(f"livedub serve: open {url}  (generator {generator}, delay {config.delay:g} s, sources: {sources})",
               flush=True)

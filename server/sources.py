@@ -12,6 +12,7 @@ import os
 import re
 import threading
 
+import numpy as np
 from PIL import Image
 
 from streaming.errors import InputError
@@ -19,6 +20,7 @@ from streaming.source import VideoSource
 
 EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".png", ".jpg", ".jpeg", ".webp")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # scheme: - clients never hand the server a URL to open
 THUMBNAIL_SIDE = 160  # pixels, the longer side: a picker's tile, a few kB of JPEG
 THUMBNAIL_CACHE = 256  # thumbnails kept (a library is rarely larger; beyond it the oldest are dropped)
 
@@ -32,10 +34,11 @@ class BadName(InputError):
 
 
 class SourceLibrary:
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, live_names=()) -> None:
         self.folder = os.path.realpath(folder)
         if not os.path.isdir(self.folder):
             raise InputError(f"sources folder not found: {folder} (give a folder of videos or images)")
+        self.live_names = tuple(live_names)  # the operator's live programme sources (server/livesources.py)
 
     def names(self) -> dict[str, str]:
         """Name -> path of every usable source (the first by extension order when stems collide)."""
@@ -52,15 +55,22 @@ class SourceLibrary:
                 found[stem] = real
         return found
 
+    def listing(self) -> list[str]:
+        """Every name a client may use: the files' and the live programme sources'."""
+        return sorted({*self.names(), *self.live_names})
+
     def available(self) -> str:
         """The names a client may use, for error messages (the first 20)."""
-        names = sorted(self.names())
+        names = self.listing()
         listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         return listed or f"none (the sources folder {os.path.basename(self.folder)!r} has no videos or images)"
 
     def path(self, name) -> str:
         if name is None or name == "":
             raise BadName(f"no source given: available are {self.available()}")
+        if isinstance(name, str) and URL_LIKE.match(name):
+            raise BadName(f"a URL is not a source: the server opens only the live sources its operator "
+                          f"configured ([live_sources]); name one: available are {self.available()}")
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
             raise BadName(f"bad source name {str(name)[:80]!r}: a source is named, not a path "
                           f"(letters, digits, '.', '_', '-'; at most 64); available are {self.available()}")
@@ -88,13 +98,18 @@ class Thumbnails:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        image = Image.fromarray(VideoSource(path, self.size).frame(0))
-        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=80)
-        data = buffer.getvalue()
+        data = jpeg_thumbnail(VideoSource(path, self.size).frame(0))
         with self._lock:
             if len(self._cache) >= THUMBNAIL_CACHE:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = data
         return data
+
+
+def jpeg_thumbnail(image: np.ndarray) -> bytes:
+    """An RGB picture as a picker's tile: ``THUMBNAIL_SIDE`` on its longer side, JPEG."""
+    tile = Image.fromarray(image)
+    tile.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    tile.save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()

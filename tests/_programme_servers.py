@@ -1,0 +1,186 @@
+"""Real senders and media servers for the programme-source tests: an SRT caller fed MPEG-TS H.264 by
+PyAV at real-time pace (Debian's srt-live-transmit), and nginx with its RTMP module on loopback.
+
+Each programme frame carries its number ``k`` in three grey blocks along its top edge (4 bits each), so
+a test can tell which programme frame a session's output frame shows, through H.264 and resizing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from media import astronaut
+
+SIDE = 320
+BAND = 32  # rows of the marker band (of SIDE)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def marked_frame(base: np.ndarray, k: int) -> np.ndarray:
+    """``base`` with frame number ``k`` in its top band, and a strip of fresh noise along its bottom: a
+    programme's picture changes, so its frames have the sizes of a real stream's (a still picture's
+    would be a few hundred bytes, which an SRT sender holds until a packet's worth has come)."""
+    image = base.copy()
+    strip = max(8, image.shape[0] // 10)
+    image[-strip:] = np.random.default_rng(k).integers(0, 256, (strip, *image.shape[1:]), np.uint8)
+    width = image.shape[1] // 3
+    for block in range(3):
+        level = ((k >> (4 * block)) & 15) * 16 + 8
+        image[: image.shape[0] * BAND // SIDE, block * width : (block + 1) * width] = level
+    return image
+
+
+def read_mark(image: np.ndarray) -> int:
+    """The programme frame number an (RGB, any size) picture shows (the middle of each block)."""
+    rows = max(1, image.shape[0] * BAND // SIDE)
+    width = image.shape[1] // 3
+    k = 0
+    for block in range(3):
+        patch = image[rows // 4 : rows * 3 // 4, block * width + width // 4 : block * width + width * 3 // 4]
+        level = int(np.clip(round((float(patch.mean()) - 8) / 16), 0, 15))
+        k |= level << (4 * block)
+    return k
+
+
+class _Flushing:
+    """A pipe PyAV writes to: every write goes out at once (a live sender buffers nothing)."""
+
+    def __init__(self, pipe) -> None:
+        self._pipe = pipe
+
+    def write(self, data) -> int:
+        self._pipe.write(data)
+        self._pipe.flush()
+        return len(data)
+
+
+class PacedEncoder:
+    """A thread encoding marked astronaut frames ``first, first+1, ...`` at ``fps`` in real time into
+    ``target`` (a file object or URL) as ``format``; ``stop()`` ends it."""
+
+    def __init__(self, target, format: str, first: int = 0, fps: Fraction = Fraction(30)) -> None:
+        self.first = first
+        self.fps = fps
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._target, self._format = target, format
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        base = astronaut(SIDE)
+        try:
+            # Each packet leaves at once, as from a live encoder (not when PyAV's write buffer is full).
+            with av.open(self._target, "w", format=self._format, options={"flush_packets": "1"}) as container:
+                stream = container.add_stream("libx264", rate=self.fps)
+                stream.width = stream.height = SIDE
+                stream.pix_fmt = "yuv420p"
+                stream.time_base = 1 / self.fps
+                stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": "30"}
+                started = time.monotonic()
+                while not self._stop.is_set():
+                    frame = av.VideoFrame.from_ndarray(marked_frame(base, self.first + self.sent), format="rgb24")
+                    frame.pts = self.sent
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+                    self.sent += 1
+                    self._stop.wait(max(0.0, started + self.sent / float(self.fps) - time.monotonic()))
+        except (OSError, ValueError, av.FFmpegError) as exc:  # the receiver or the pipe went away
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class SrtSender:
+    """An SRT caller (srt-live-transmit) sending PyAV's MPEG-TS to ``port`` on loopback."""
+
+    def __init__(self, port: int, first: int = 0, fps: Fraction = Fraction(30)) -> None:
+        self.process = subprocess.Popen(["srt-live-transmit", "-q", "file://con", f"srt://127.0.0.1:{port}"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.encoder = PacedEncoder(_Flushing(self.process.stdin), "mpegts", first, fps)
+
+    def kill(self) -> None:
+        """Gone at once, as a crashed encoder or a cut link (no goodbye to the listener)."""
+        self.process.kill()
+        self.process.wait()
+        self.encoder.stop()
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None or os.path.exists(binary)
+
+
+NGINX = "/usr/sbin/nginx"
+RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class NginxRtmp:
+    """nginx with its RTMP module on free loopback ports, in a temp folder: RTMP in and out (``live``
+    application), and the HLS it makes of each stream served over HTTP (1 s fragments)."""
+
+    def __init__(self, folder: str) -> None:
+        self.port, self.http_port = _free_tcp_port(), _free_tcp_port()
+        conf = os.path.join(folder, "nginx.conf")
+        with open(conf, "w") as handle:
+            handle.write(f"load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\n"
+                         f"error_log {folder}/error.log warn;\npid {folder}/nginx.pid;\n"
+                         "events { worker_connections 64; }\n"
+                         f"rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; hls on; "
+                         f"hls_path {folder}/hls; hls_fragment 1s; hls_playlist_length 4s; }} }} }}\n"
+                         f"http {{ access_log off; types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}\n"
+                         f"  server {{ listen 127.0.0.1:{self.http_port}; location /hls/ {{ root {folder}; }} }} }}\n")
+        self.process = subprocess.Popen([NGINX, "-c", conf, "-p", folder], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:  # bounded: up once its port answers
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"nginx did not start: {open(os.path.join(folder, 'error.log')).read()}")
+                time.sleep(0.05)
+
+    def url(self, stream: str) -> str:
+        return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
+
+    def hls_url(self, stream: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/hls/{stream}.m3u8"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
