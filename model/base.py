@@ -68,6 +68,10 @@ class ChunkRequest:
     # face each speaker animates. None: one speaker (the generator's own choice of face).
     second_audio: np.ndarray | None = None
     speaker_faces: SpeakerFaces | None = None
+    # Face landmarks of each window frame ([478, 2] pixels, or None: no face), when the source's shared
+    # analysis (model/lite/analysis.py) has them and the generator uses them (``uses_source_landmarks``):
+    # computed once per source frame for every session on the source.
+    source_landmarks: tuple | None = None
 
     @property
     def speakers(self) -> int:

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from model.frames import BUCKETS, bucket_size
+from model.lite.analysis import find_face
 from streaming.errors import InputError
 
 REGIONS = ("face", "upper_body", "full")
@@ -166,13 +167,15 @@ class RegionFinder:
         self.current: Framing | None = None
         self.moves = 0  # times the region moved after it was first chosen
 
-    def choose(self, frames: list[np.ndarray]) -> Framing:
-        """The region for a stretch of frames (e.g. a chunk's first and last)."""
+    def choose(self, frames: list[np.ndarray], faces: list | None = None) -> Framing:
+        """The region for a stretch of frames (e.g. a chunk's first and last); ``faces``: their landmarks
+        when already known (a shared source's analysis, model/lite/analysis.py), else found here."""
         if tuple(frames[0].shape[:2]) != self.frame:  # a live source's first frame said its size
             self.frame, self.current = tuple(frames[0].shape[:2]), None
         if self.kind == "full":
             return whole_frame(self.frame, any_size=self.any_size)
-        faces = [face_box(points) for points in map(self._find, frames) if points is not None]
+        found = map(self._find, frames) if faces is None else faces
+        faces = [face_box(points) for points in found if points is not None]
         if not faces:
             if self.current is not None and self.current.found:
                 return dataclasses.replace(self.current, found=False)  # the last region, said to be kept
@@ -199,12 +202,7 @@ class RegionFinder:
             from model.lite.face import FaceLandmarks  # mediapipe: only once a region is needed
 
             self._finder = FaceLandmarks(max_faces=2)
-        image = np.ascontiguousarray(image)
-        points = self._finder.detect(image)
-        if points is None:
-            faces = self._finder.detect_all(image)
-            points = max(faces, key=lambda p: float(np.ptp(p[:, 0])), default=None)
-        return points
+        return find_face(self._finder, image)
 
     def close(self) -> None:
         if self._finder is not None:

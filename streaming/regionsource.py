@@ -95,12 +95,12 @@ class RegionSource:
         if index not in self._framings and self.is_still:  # the same picture: the same region
             previous = max(self._framings, default=None)
             self._framings[index] = (self._framings[previous] if previous is not None
-                                     else self.finder.choose([self.native.frame(0)]))
+                                     else self._choose(0, self.native.frame(0)))
         if index not in self._framings:
             start = self.plan.chunk(index).start_frame
             self._read_to(start)
             if index not in self._framings:  # its first frame was read before it was a chunk's
-                self._framings[index] = self.finder.choose([self.native.frame(start)])
+                self._framings[index] = self._choose(start, self.native.frame(start))
         return self._framings[index]
 
     def crop(self, index: int, frame: int) -> np.ndarray:
@@ -144,7 +144,7 @@ class RegionSource:
             made: dict[Framing, np.ndarray] = {}  # two chunks in the same region share the crop
             for chunk in self._chunks_holding(position):
                 if chunk not in self._framings and position == self.plan.chunk(chunk).start_frame:
-                    self._framings[chunk] = self.finder.choose([image])  # its first frame: choose its region
+                    self._framings[chunk] = self._choose(position, image)  # its first frame: choose its region
                 framing = self._framings.get(chunk)
                 if framing is not None:
                     if framing not in made:
@@ -157,6 +157,12 @@ class RegionSource:
             self._next += 1
             if not self.is_still:
                 self.native.release_before(position + 1)  # only the crops are kept
+
+    def _choose(self, position: int, image: np.ndarray) -> Framing:
+        """The region chosen on source frame ``position``: with the face the source's shared analysis found
+        there (sessions on one source find each frame's face once), or one found here."""
+        analysis = getattr(self.native, "analysis", None)
+        return self.finder.choose([image], None if analysis is None else [analysis.detected(position)])
 
     def _chunks_holding(self, frame: int) -> list[int]:
         stride = self.plan.stride

@@ -6,6 +6,10 @@ in full, into frames every session reads by index (a loop: frame ``n`` is ``n % 
 read-only, so sessions read them from their own threads without a lock. A longer clip, which would not
 fit, gets a decoder per session (``VideoSource``), as does any clip whose one pass cannot be held. Stills
 are one frame: shared the same way. The shared copy lives while a session uses it (a weak cache).
+
+Its face analysis is shared too (``SharedClip.analysis``, model/lite/analysis.py): the landmarks of each
+clip frame are computed once, by the first session that needs them, for all of them (lite's animation,
+a source-size output's region). They are held with the clip: a few kilobytes a frame of its one pass.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import weakref
 
 import numpy as np
 
+from model.lite.analysis import Landmarks, SourceAnalysis
 from streaming.source import VideoSource
 
 MAX_SHARED_BYTES = 400 * 2**20  # a 12 s clip at 512x512 is 236 MiB
@@ -31,6 +36,7 @@ class SharedClip:
         self.keyframe_interval = keyframe_interval
         self.size = frames[0].shape[:2]
         self.length = len(frames)
+        self.analysis = LoopedAnalysis(self)
 
     def frame(self, index: int) -> np.ndarray:
         return self._frames[index % self.length]
@@ -40,6 +46,23 @@ class SharedClip:
 
     def release_before(self, index: int) -> None:
         pass  # held for every session until the last one is gone
+
+
+class LoopedAnalysis:
+    """A clip's shared face analysis by session frame index (frame ``n`` is clip frame ``n % length``)."""
+
+    def __init__(self, clip: SharedClip, make_faces=None) -> None:
+        self._length = clip.length
+        self.of_clip = SourceAnalysis(clip, make_faces)  # by clip frame; made on first use, held with the clip
+
+    def tracked(self, index: int) -> Landmarks:
+        return self.of_clip.tracked(index % self._length)
+
+    def detected(self, index: int) -> Landmarks:
+        return self.of_clip.detected(index % self._length)
+
+    def release_before(self, index: int) -> None:
+        pass  # one pass of the clip, held with it (its frames are)
 
 
 class SourceCache:

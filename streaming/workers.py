@@ -99,6 +99,7 @@ class GeneratorProfile:
     # The predicted cost of its tiers on its hardware, when it declares it: an object whose
     # ``seconds(size, frames, context)`` maps tier names to seconds per chunk (model/infinitetalk/live_tiers.py).
     prior_costs: object | None = None
+    uses_source_landmarks: bool = False  # animates a request's shared landmarks (model/lite/analysis.py)
 
     @classmethod
     def of(cls, generator) -> "GeneratorProfile":
@@ -107,7 +108,8 @@ class GeneratorProfile:
                    getattr(generator, "audio_margins", AudioMargins()),
                    float(getattr(generator, "default_color_correction", 0.0)),
                    bool(getattr(generator, "applies_color_correction", False)),
-                   tuple(tiers) if tiers else None, getattr(generator, "prior_costs", None))
+                   tuple(tiers) if tiers else None, getattr(generator, "prior_costs", None),
+                   bool(getattr(generator, "uses_source_landmarks", False)))
 
     def priors(self, size: tuple[int, int], frames: int, context: int) -> dict[str, float]:
         """Tier name -> predicted seconds of a chunk of ``frames`` (``context`` carried over) at output

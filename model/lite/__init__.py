@@ -14,6 +14,8 @@ Chunk borders: the mouth parameters are a function of absolute time and the fram
 so consecutive chunks agree on the frames they share; when the previous chunk came from elsewhere (a
 fallback, another generator) the difference to its last frame is faded out over the first new frames.
 
+A request may carry the window's landmarks (``source_landmarks``, from the source's shared analysis,
+model/lite/analysis.py: sessions on one source track its faces once); the generator then animates those.
 One generator owns one face tracker, which is stateful (video tracking) and not thread-safe: calls to
 ``generate`` on the same instance are serialised by a lock; use one instance per worker for parallelism.
 """
@@ -38,6 +40,7 @@ class LiteGenerator:
     audio_margins = speech.MARGINS
     default_color_correction = 0.0  # colours already match: the frame is warped, not synthesised
     applies_color_correction = False
+    uses_source_landmarks = True  # a request's shared landmarks replace its own tracking of the frames
 
     def __init__(self) -> None:
         self._faces = FaceLandmarks()
@@ -107,7 +110,8 @@ class LiteGenerator:
         if request.source_frames is None:
             return request.reference_frame, self._still_geometry_of(request.reference_frame)
         image = request.source_frames[index]
-        landmarks = self._faces.track(image)
+        shared = request.source_landmarks
+        landmarks = self._faces.track(image) if shared is None else shared[index]
         return image, None if landmarks is None else mouth.measure(image, landmarks)
 
     def _still_geometry_of(self, image: np.ndarray) -> mouth.MouthGeometry | None:

@@ -1,0 +1,192 @@
+"""Sessions on one source share its face analysis (model/lite/analysis.py): N sessions of the ``lite``
+generator on one shared clip track each source frame's face once, and get exactly what one session alone
+gets; N source-size sessions find each chunk's face once and choose the same regions as a finder alone.
+Counted with counting wrappers around the real mediapipe graphs (no timing)."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from model.lite import build
+from model.lite.analysis import SourceAnalysis
+from model.lite.face import FaceLandmarks
+from streaming.audio import normalize_loudness
+from streaming.chunker import ChunkPlan
+from streaming.engine import AudioTrack, ChunkEngine
+from streaming.region import RegionFinder
+from streaming.regionsource import RegionSource
+from streaming.sharedsource import SharedClip
+from tests.media import astronaut, speech
+
+PLAN = ChunkPlan(window=21, context=5)  # short chunks: the test is about who analyses, not how well
+CHUNKS = 3
+SIZE = 256
+
+
+class CountingFaces:
+    """A real FaceLandmarks whose landmark runs are counted (by kind)."""
+
+    def __init__(self, max_faces: int = 1) -> None:
+        self._faces = FaceLandmarks(max_faces=max_faces)
+        self.max_faces = max_faces
+        self.tracks = 0
+        self.detects = 0
+
+    def track(self, image):
+        self.tracks += 1
+        return self._faces.track(image)
+
+    def detect(self, image):
+        self.detects += 1
+        return self._faces.detect(image)
+
+    def detect_all(self, image):
+        return self._faces.detect_all(image)
+
+    def close(self):
+        self._faces.close()
+
+
+def _camera(image: np.ndarray, index: int) -> np.ndarray:
+    """Frame ``index`` of a slow pan with a slight zoom (the face moves: tracking matters)."""
+    matrix = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), 0.0, 1.0 + 0.001 * index)
+    matrix[:, 2] += (0.3 * index, 0.2 * index)
+    return cv2.warpAffine(image, matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    portrait = astronaut(SIZE)
+    return [_camera(portrait, i) for i in range(PLAN.chunk(CHUNKS - 1).end_frame)]
+
+
+@pytest.fixture(scope="module")
+def spoken():
+    return AudioTrack(normalize_loudness(speech("Good evening, and welcome to the news.")))
+
+
+def _clip(frames, made: list) -> SharedClip:
+    clip = SharedClip([f.copy() for f in frames], False, 72)
+
+    def make_faces(max_faces):
+        made.append(CountingFaces(max_faces))
+        return made[-1]
+
+    clip.analysis.of_clip = SourceAnalysis(clip, make_faces)
+    return clip
+
+
+def _dub(engines: list[ChunkEngine], spoken) -> list[list[np.ndarray]]:
+    """Each engine's chunks, requested in turn chunk by chunk (sessions running side by side)."""
+    outputs = [[] for _ in engines]
+    for index in range(CHUNKS):
+        for engine, output in zip(engines, outputs):
+            request = engine.request(index, spoken)
+            output.append(engine.accept(request, engine.generator.generate(request)))
+    return outputs
+
+
+def test_sessions_on_one_clip_track_each_frame_once_and_match_one_session_alone(frames, spoken):
+    alone_made, shared_made = [], []
+    generators = [build() for _ in range(4)]
+    try:
+        alone = ChunkEngine(_clip(frames, alone_made), generators[0], PLAN)
+        shared = _clip(frames, shared_made)
+        sessions = [ChunkEngine(shared, generator, PLAN) for generator in generators[1:]]
+        own_tracks = [CountingFaces() for _ in generators]
+        for generator, counter in zip(generators, own_tracks):
+            generator._faces.close()
+            generator._faces = counter  # the generator's own tracker: it must not run
+        (expected,) = _dub([alone], spoken)
+        outputs = _dub(sessions, spoken)
+    finally:
+        for generator in generators:
+            generator.close()
+    analysed = PLAN.chunk(CHUNKS - 1).end_frame  # every frame of every window, once
+    assert [faces.tracks for faces in shared_made] == [analysed]
+    assert [faces.tracks for faces in alone_made] == [analysed]
+    assert [counter.tracks for counter in own_tracks] == [0] * len(generators)
+    for output in outputs:
+        assert all(np.array_equal(a, b) for a, b in zip(output, expected))
+    # The analysis found the face and the generator animated it (the output is not the source).
+    assert not np.array_equal(expected[1], np.stack(frames[PLAN.chunk(1).new_start : PLAN.chunk(1).end_frame]))
+
+
+def test_a_generator_without_shared_landmarks_tracks_its_own(frames, spoken):
+    """A source without an analysis (a decoder of its own) leaves the tracking to the generator."""
+
+    class PlainSource:  # VideoSource's surface over held frames
+        is_still, size = False, (SIZE, SIZE)
+
+        def frame(self, index):
+            return frames[index]
+
+        def frames(self, start, count):
+            return np.stack(frames[start : start + count])
+
+        def release_before(self, index):
+            pass
+
+    generator = build()
+    try:
+        counter = CountingFaces()
+        generator._faces.close()
+        generator._faces = counter
+        engine = ChunkEngine(PlainSource(), generator, PLAN)
+        request = engine.request(0, spoken)
+        assert request.source_landmarks is None
+        generator.generate(request)
+    finally:
+        generator.close()
+    assert counter.tracks == PLAN.window
+
+
+def test_source_size_sessions_find_each_face_once_and_choose_the_same_regions(frames):
+    wide = [np.pad(f, ((40, 40), (120, 120), (0, 0)), mode="edge") for f in frames]  # a 336x496 "programme"
+    made: list = []
+    clip = _clip(wide, made)
+    sessions = [RegionSource(clip, RegionFinder("face", any_size=True), PLAN) for _ in range(3)]
+    alone_finder = RegionFinder("face", any_size=True)
+    try:
+        for index in range(CHUNKS):
+            chosen = {source.framing(index) for source in sessions}
+            assert chosen == {alone_finder.choose([wide[PLAN.chunk(index).start_frame]])}
+            assert next(iter(chosen)).found
+    finally:
+        alone_finder.close()
+    (detector,) = made
+    assert detector.detects == CHUNKS  # each chunk's first frame, once for the three sessions
+
+
+def test_analysis_is_bounded_by_frame_index_and_computed_once_across_threads(frames):
+    made: list = []
+
+    class Frames:
+        def frame(self, index):
+            return frames[index]
+
+    analysis = SourceAnalysis(Frames(), lambda max_faces: made.append(CountingFaces(max_faces)) or made[-1])
+    results: dict[int, list] = {}
+
+    def session(name: int) -> None:
+        results[name] = [analysis.tracked(i) for i in range(20)]
+
+    threads = [threading.Thread(target=session, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made[0].tracks == 20  # three sessions, each frame once
+    assert all(np.array_equal(a, b) for r in results.values() for a, b in zip(r, results[0]))
+    assert analysis.held() == 20
+    analysis.release_before(15)
+    assert analysis.held() == 5
+    assert np.array_equal(analysis.tracked(18), results[0][18])  # still held: not run again
+    assert made[0].tracks == 20
+    analysis.tracked(30)  # ahead: every frame up to it is tracked once, in order
+    assert made[0].tracks == 31 and analysis.held() == 16
+    analysis.close()
