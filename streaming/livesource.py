@@ -27,11 +27,14 @@ class FrameWindow:
 
     is_still = False
 
-    def __init__(self, stamped: list[tuple[int, av.VideoFrame]], size: tuple[int, int]) -> None:
+    def __init__(self, stamped: list[tuple[int, av.VideoFrame]], size: tuple[int, int], shared=None) -> None:
         self._indices = [index for index, _ in stamped]
         self._frames = [frame for _, frame in stamped]
         self.size = size
         self._converted: tuple[int, np.ndarray] | None = None  # the last one: a source-size window is large
+        # A programme's frames: their face analysis is the programme's, shared by its sessions
+        # (streaming/programmeanalysis.py); None for a session's own video.
+        self.analysis = None if shared is None else shared.window(self._indices, self._frames, size)
 
     def frame(self, index: int) -> np.ndarray:
         if not self._frames:
@@ -57,8 +60,10 @@ class FrameWindow:
 class LiveVideoSource:
     """Received video frames by capture index (bounded), from which chunk windows are frozen."""
 
-    def __init__(self, size: int | tuple[int, int] | OutputSize = 480, capacity_frames: int = 300) -> None:
+    def __init__(self, size: int | tuple[int, int] | OutputSize = 480, capacity_frames: int = 300,
+                 analysis=None) -> None:
         self._size_spec = size
+        self._analysis = analysis  # a programme's shared face analysis (streaming/programmeanalysis.py)
         known = isinstance(size, tuple) or (isinstance(size, OutputSize) and size.height is not None)
         self.size: tuple[int, int] = output_size(size, 0, 0) if known else PLACEHOLDER_SIZE
         self._sized = known
@@ -86,4 +91,4 @@ class LiveVideoSource:
         stamped = [(i, f) for i, f in self._frames if i < last]
         before = [item for item in stamped if item[0] <= first]
         inside = [item for item in stamped if item[0] > first]
-        return FrameWindow(before[-1:] + inside, self.size)
+        return FrameWindow(before[-1:] + inside, self.size, self._analysis)

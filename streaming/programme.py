@@ -6,7 +6,8 @@ timeline, holds the last frame while the programme is down, and freezes each chu
 reference keyframe and context included) as a ``FrameWindow``, exactly as for live WebRTC video.
 
 Frames stay decoded ``av.VideoFrame``s at their native size, shared by reference: nobody writes to one
-after the reader hands it over, and each session converts (RGB, its size) in its own thread.
+after the reader hands it over, and each session converts (RGB, its size) in its own thread. Their face
+analysis is shared too (streaming/programmeanalysis.py): done once per programme frame for every session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import av
 
 from streaming.clock import SYSTEM_CLOCK, Clock
 from streaming.livesource import LiveVideoSource
+from streaming.programmeanalysis import ProgrammeAnalysis
 from streaming.programmereader import ProgrammeReader, ProgrammeState
 
 log = logging.getLogger("livedub.programme")
@@ -46,6 +48,7 @@ class Programme:
         self.dropped = 0  # dropped because the loop had not taken the earlier ones
         self._on_state = on_state
         self._subscribers: dict[int, Push] = {}
+        self.analysis = ProgrammeAnalysis()  # its frames' face analysis, done once for all its sessions
         self._next_id = 0
         self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,7 +74,7 @@ class Programme:
     # ---- sessions (loop) ------------------------------------------------------------------------------
     def live_source(self, size) -> LiveVideoSource:
         """A session's own view of the programme: starts with the last frame (which also sizes it)."""
-        source = LiveVideoSource(size)
+        source = LiveVideoSource(size, analysis=self.analysis)
         if self.latest is not None:
             source.push(self.latest[0], 0.0)
         return source
@@ -117,6 +120,7 @@ class Programme:
                 return
             self.latest = (frame, due)
             self.frames += 1
+            self.analysis.add(frame)
             for push in list(self._subscribers.values()):
                 push(frame, due)
 

@@ -190,3 +190,58 @@ def test_analysis_is_bounded_by_frame_index_and_computed_once_across_threads(fra
     analysis.tracked(30)  # ahead: every frame up to it is tracked once, in order
     assert made[0].tracks == 31 and analysis.held() == 16
     analysis.close()
+
+
+def _programme_sessions(frames, sessions: int, made: list, count: int = 48):
+    """A programme's frames pushed to ``sessions`` sessions that joined 0, 7, 14... frames apart (each
+    on its own capture timeline); each session's windows' analysis, and the programme's analysis."""
+    import av
+
+    from streaming.livesource import LiveVideoSource
+    from streaming.programmeanalysis import ProgrammeAnalysis
+
+    analysis = ProgrammeAnalysis(capacity=40, make_faces=lambda max_faces: made.append(CountingFaces(max_faces))
+                                 or made[-1])
+    sources = [LiveVideoSource((SIZE, SIZE), analysis=analysis) for _ in range(sessions)]
+    for number, image in enumerate(frames[:count]):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        analysis.add(frame)
+        for joined, source in enumerate(sources):
+            if number >= 7 * joined:
+                source.push(frame, (number - 7 * joined + 0.5) / 25)  # mid-slot: no float edge
+    return sources, analysis
+
+
+def test_sessions_on_one_programme_track_each_frame_once_and_match_one_session_alone(frames):
+    made: list = []
+    sources, analysis = _programme_sessions(frames, 3, made)
+    landmarks = []
+    for joined, source in enumerate(sources):
+        first = 40 - 7 * joined - 16  # the same programme frames 24..40, at each session's own indices
+        window = source.window(first, first + 16)
+        landmarks.append([window.analysis.tracked(i) for i in range(first, first + 16)])
+    alone_made: list = []
+    (alone,), _ = _programme_sessions(frames, 1, alone_made)
+    window = alone.window(24, 40)
+    expected = [window.analysis.tracked(i) for i in range(24, 40)]
+    assert [faces.tracks for faces in made] == [16] and [faces.tracks for faces in alone_made] == [16]
+    assert all(points is not None for points in expected)
+    for session in landmarks:
+        assert all(np.array_equal(a, b) for a, b in zip(session, expected))
+    # Bounded: the programme keeps its last 40 frames, the analysis no more of them.
+    assert analysis.at_size((SIZE, SIZE)).held() <= 40
+
+
+def test_a_live_window_hands_the_programme_landmarks_to_the_generator(frames, spoken):
+    made: list = []
+    (source,), _ = _programme_sessions(frames, 1, made, count=PLAN.window)
+    engine = ChunkEngine(source.window(0, PLAN.window), build(), PLAN)
+    try:
+        request = engine.request(0, spoken)
+    finally:
+        engine.generator.close()
+    assert request.source_landmarks is not None and len(request.source_landmarks) == PLAN.window
+    assert made[0].tracks == PLAN.window
+    # A frame the programme no longer keeps (over its capacity): the window leaves tracking to the generator.
+    (source,), _ = _programme_sessions(frames, 1, [], count=48)
+    assert source.window(0, PLAN.window).analysis is None

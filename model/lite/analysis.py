@@ -51,14 +51,16 @@ class SourceAnalysis:
     made on first use). ``runs`` counts landmark computations (tracked and detected), for tests and stats.
     """
 
-    def __init__(self, source: FrameSource, make_faces: Callable | None = None) -> None:
+    def __init__(self, source: FrameSource, make_faces: Callable | None = None, first: int | None = 0) -> None:
         self._source = source
         self._make_faces = make_faces
         self._lock = threading.Lock()
         self._tracker = None
         self._detector = None
         self._tracked: dict[int, Landmarks] = {}
-        self._next_tracked = 0  # the tracker has seen every frame before this one
+        # The tracker has seen every frame before this one; ``first`` None: the track starts at the first
+        # frame asked for (a live programme, numbered long before its first session).
+        self._next_tracked = first
         self._detected: dict[int, Landmarks] = {}
         self._first_kept = 0
         self.runs = 0
@@ -69,6 +71,8 @@ class SourceAnalysis:
                 if self._tracker is None:
                     self._tracker = self._faces(1)
                 # A frame before what the tracker has seen (one released already) starts the track again there.
+                if self._next_tracked is None:
+                    self._next_tracked = index
                 start = self._next_tracked if index >= self._next_tracked else index
                 for position in range(min(max(start, self._first_kept), index), index + 1):
                     self._tracked[position] = self._tracker.track(np.ascontiguousarray(self._source.frame(position)))
