@@ -183,6 +183,10 @@ class ChunkLoop:
             reference = crop(reference, framing)
             frames = None if frames is None else np.stack([crop(image, framing) for image in frames])
         request = warm_up_request(reference, self.plan, self.profile.audio_margins, tier, frames)
+        if frames is not None and self.live is None and self._region is None:
+            # A shared source's faces, as chunks will have them: the warm cost is then what a chunk costs.
+            landmarks = await self._in_thread(self.engine.shared_landmarks, 0, len(frames))
+            request = dataclasses.replace(request, source_landmarks=landmarks)
         try:
             self.warm_up = await warm_up(self.pool, request, self._now)
         except (Expired, PoolBusy, GeneratorFailed) as exc:
@@ -313,6 +317,11 @@ class ChunkLoop:
         live = isinstance(getattr(source, "native", source), FrameWindow)  # (a region of) a frozen live window
         if source is not None and not source.is_still and not live:
             source.frame(end_frame - 1)
+            # The window's faces too (a shared source's analysis, done once for all its sessions): off the
+            # time between the speech being captured and the slot.
+            analysis = getattr(source, "analysis", None)
+            if analysis is not None and self.profile.uses_source_landmarks:
+                analysis.tracked(end_frame - 1)
 
     def _build(self, index: int, audio: "_Window", swap: _Swap | None,
                live_window, second: "_Window | None" = None

@@ -110,7 +110,7 @@ class ChunkEngine:
         reference_index = self.reference_index(chunk)
         reference = self.seen_frames(index, reference_index, 1)[0]
         window = None if self.source.is_still else self.seen_frames(index, chunk.start_frame, chunk.num_frames)
-        landmarks = None if window is None else self._shared_landmarks(chunk.start_frame, chunk.num_frames)
+        landmarks = None if window is None else self.shared_landmarks(chunk.start_frame, chunk.num_frames)
         return ChunkRequest(
             index=index, start_frame=chunk.start_frame, num_frames=chunk.num_frames,
             audio=audio.read(first, last), audio_offset=offset,
@@ -120,7 +120,7 @@ class ChunkEngine:
             second_audio=None if second_audio is None else second_audio.read(first, last),
             speaker_faces=None if second_audio is None else self.speaker_faces, source_landmarks=landmarks)
 
-    def _shared_landmarks(self, start: int, count: int) -> tuple | None:
+    def shared_landmarks(self, start: int, count: int) -> tuple | None:
         """The window's landmarks from the source's shared analysis (sessions on one source track its
         faces once), when the source has one and the generator animates them; None: it tracks them itself.
         A region's crops differ per session: their faces are the generator's own to track."""

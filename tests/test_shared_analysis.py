@@ -192,6 +192,49 @@ def test_analysis_is_bounded_by_frame_index_and_computed_once_across_threads(fra
     analysis.close()
 
 
+async def test_two_live_sessions_on_one_clip_analyse_each_frame_once(frames):
+    """Two live sessions (virtual clock, lite on threads) on one shared clip: every chunk animated on the
+    analysis's landmarks, and no frame analysed twice (warm-up and prefetch included)."""
+    from _server_support import audio_frame, speech_48k
+    from streaming.clock import InlineExecutor, VirtualClock
+    from streaming.ingest import PLAYOUT_RATE
+    from streaming.session import LiveSession, SessionSettings
+    from streaming.workers import GeneratorPool, GeneratorSpec
+
+    clock = VirtualClock()
+    made: list = []
+    clip = _clip(frames, made)
+    pools = [GeneratorPool(GeneratorSpec.from_registry("lite", {}), mode="thread", clock=clock.now,
+                           executor=InlineExecutor()) for _ in range(2)]
+    events: list[list] = [[], []]
+    try:
+        for pool in pools:
+            await pool.start()
+        sessions = [LiveSession(f"s{n}", clip, "clip", pool, SessionSettings(delay=1.0), events[n].append, clock=clock,
+                                plan=ChunkPlan(window=9, context=3), executor=InlineExecutor(), warm=True)
+                    for n, pool in enumerate(pools)]
+        for session in sessions:
+            await session.start()
+        speech = speech_48k(1.2)
+        for k in range(len(speech) // 960):
+            for session in sessions:
+                session.receive_audio(audio_frame(speech[k * 960 : (k + 1) * 960], k * 960))
+            await clock.advance(960 / PLAYOUT_RATE)
+        for session in sessions:
+            session.end_ingest()
+        while any(session.state != "ended" for session in sessions):
+            await clock.advance(0.02)
+    finally:
+        for pool in pools:
+            await pool.close()
+    analysis = clip.analysis.of_clip
+    (tracker,) = made
+    assert tracker.tracks == analysis.runs == analysis.held() >= 30  # each frame once, for both sessions
+    for session_events in events:
+        chunks = [e for e in session_events if type(e).__name__ == "ChunkDone"]
+        assert len(chunks) >= 3 and all(c.status == "on_time" and c.info.get("face_found") for c in chunks)
+
+
 def _programme_sessions(frames, sessions: int, made: list, count: int = 48):
     """A programme's frames pushed to ``sessions`` sessions that joined 0, 7, 14... frames apart (each
     on its own capture timeline); each session's windows' analysis, and the programme's analysis."""
