@@ -63,10 +63,12 @@ class SourceAnalysis:
         self._next_tracked = first
         self._detected: dict[int, Landmarks] = {}
         self._first_kept = 0
+        self._release_to = 0  # asked to forget frames before this one (applied under the lock)
         self.runs = 0
 
     def tracked(self, index: int) -> Landmarks:
         with self._lock:
+            self._apply_release()
             if index not in self._tracked:
                 if self._tracker is None:
                     self._tracker = self._faces(1)
@@ -82,6 +84,7 @@ class SourceAnalysis:
 
     def detected(self, index: int) -> Landmarks:
         with self._lock:
+            self._apply_release()
             if index not in self._detected:
                 if self._detector is None:
                     self._detector = self._faces(2)
@@ -90,15 +93,21 @@ class SourceAnalysis:
             return self._detected[index]
 
     def release_before(self, index: int) -> None:
-        with self._lock:
-            self._first_kept = max(self._first_kept, index)
+        """Forget frames before ``index``. Never waits (a programme calls it on the event loop while a
+        session may be tracking): the release is applied by the next call that holds the lock."""
+        self._release_to = max(self._release_to, index)
+
+    def _apply_release(self) -> None:
+        if self._release_to > self._first_kept:
+            self._first_kept = self._release_to
             for held in (self._tracked, self._detected):
-                for old in [k for k in held if k < index]:
+                for old in [k for k in held if k < self._first_kept]:
                     del held[old]
 
     def held(self) -> int:
         """Frames whose analysis is held (memory is bounded by it)."""
         with self._lock:
+            self._apply_release()
             return len(self._tracked) + len(self._detected)
 
     def _faces(self, max_faces: int):
