@@ -26,6 +26,8 @@ from streaming.timeline import AUDIO_CLOCK
 
 CONNECT_TIMEOUT = 5.0  # seconds to wait for srt-live-transmit to say it connected (its own limit is 3 s)
 SRT_BINARY = "srt-live-transmit"
+SRT_DRAIN = 1.0  # seconds the relay may take to send what it holds (SRT's latency) when an output ends
+PIPE_BUFFER = 7 * 188 * 4  # MPEG-TS into the relay: four SRT payloads (1316 bytes) per write at most
 VIDEO_TIME_BASE = fractions.Fraction(1, FPS)
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_CLOCK)
 
@@ -43,7 +45,9 @@ class MuxSink:
         self._process = process
         # PyAV arms FFmpeg's interrupt callback for inputs only: an RTMP connect or write blocks until
         # TCP gives up (a refused or reset connection fails at once).
-        self.container = av.open(target, "w", format=format_name)
+        # flush_packets: each packet leaves at once (a live stream; FFmpeg would buffer 32 KB of a pipe).
+        self.container = av.open(target, "w", format=format_name, options={"flush_packets": "1"},
+                                 buffer_size=PIPE_BUFFER)
         height, width = size
         self.video = self.container.add_mux_stream("h264", rate=FPS, width=width, height=height)
         self.audio = self.container.add_stream("aac", rate=AUDIO_CLOCK, layout="stereo")
@@ -67,11 +71,6 @@ class MuxSink:
         packet.stream = self.audio
         self.container.mux(packet)
 
-    def abort(self) -> None:
-        """From another thread: make a blocked write fail now (SRT: the relay is killed)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-
     def close(self) -> None:
         try:
             self.container.close()
@@ -79,11 +78,18 @@ class MuxSink:
             pass  # the receiver is gone: nothing more to tell it
         finally:
             if self._process is not None:
-                stop_process(self._process)
+                stop_process(self._process, SRT_DRAIN)
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """Kill and reap (a killed child left unwaited is a zombie)."""
+def stop_process(process: subprocess.Popen, drain: float = 0.0) -> None:
+    """Give it ``drain`` seconds to send what it holds, then kill and reap it (a killed child left unwaited
+    is a zombie). The relay is not told to end by closing its input: it would close its SRT socket at
+    once, and SRT's live mode drops what was not yet acknowledged."""
+    if drain:
+        try:
+            process.wait(drain)
+        except subprocess.TimeoutExpired:
+            pass
     if process.poll() is None:
         process.kill()
     process.wait()

@@ -65,7 +65,10 @@ def parse_output_url(text, allowed_hosts: tuple[str, ...] = ()) -> OutputUrl:
         raise InputError(f"output URL of {len(text)} characters: accepted are at most {MAX_URL_CHARS}")
     if any(ord(c) <= 32 or 127 <= ord(c) < 160 for c in text):
         raise InputError("bad output URL: spaces and control characters are not accepted (percent-encode them)")
-    parsed = urllib.parse.urlsplit(text)
+    try:
+        parsed = urllib.parse.urlsplit(text)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        raise InputError(f"bad output URL {quoted(text, 60)}: {ACCEPTED}") from None
     scheme = parsed.scheme.lower()
     if scheme not in SCHEMES:
         raise InputError(f"bad output URL scheme {quoted(parsed.scheme or text, 20)}: {ACCEPTED}")

@@ -21,7 +21,7 @@ from typing import Callable
 from model.base import FPS
 from server.backoff import Backoff
 from server.egress import AacEncoder, Egress, Encoded, VideoEncoder
-from server.output_sinks import MuxSink, SinkError, describe, open_sink
+from server.output_sinks import SinkError, describe, open_sink
 from server.output_url import OutputUrl
 from streaming.clock import Clock, sleep_unless
 from streaming.errors import InputError
@@ -66,7 +66,6 @@ class Output:
         self._queue: queue.Queue = queue.Queue(OUTPUT_QUEUE)
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._sink: MuxSink | None = None
         self._streaming = False  # connected: packets are queued
         self._synced = False  # a keyframe was queued since connecting (or since dropping)
         self.state = "connecting"
@@ -76,6 +75,7 @@ class Output:
         self.dropped = 0  # items dropped from a full queue
         self.error: str | None = None
         self.retry_in: float | None = None
+        self.stream_start: float | None = None  # output seconds at time 0 of the receiver's stream (this connection)
 
     # ---- on the event loop ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -180,10 +180,7 @@ class Output:
             return
         self._stop.set()
         self._unsubscribe()
-        self._put_stop()
-        sink = self._sink
-        if sink is not None:
-            sink.abort()
+        self._put_stop()  # the thread writes the stream's end and disconnects
         if self._task is not None:  # the thread ends by itself at the STOP (or its blocked write's failure)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -193,7 +190,7 @@ class Output:
     def stats(self) -> dict:
         return {"output": self.id, "url": self.url.shown, "state": self.state, "connects": self.connects,
                 "attempts": self.attempts, "frames": self.frames, "dropped": self.dropped,
-                "retry_in": self.retry_in, "error": self.error}
+                "retry_in": self.retry_in, "error": self.error, "stream_start": self.stream_start}
 
     # ---- in the output's thread -------------------------------------------------------------------------
     def _connect_and_send(self, loop: asyncio.AbstractEventLoop) -> str | None:
@@ -207,7 +204,6 @@ class Output:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is retried, and reported
             return describe(exc)
-        self._sink = sink
         if self._stop.is_set():
             sink.close()
             return None
@@ -221,6 +217,7 @@ class Output:
                 kind, encoded = item
                 if origin is None:
                     origin = encoded.index  # a keyframe: deliver() queues nothing before one
+                    self.stream_start = origin / FPS
                 if kind == "video":
                     for packet in encoded.packets:
                         sink.write_video(bytes(packet), encoded.index - origin, encoded.keyframe)
@@ -232,7 +229,6 @@ class Output:
         except Exception as exc:  # noqa: BLE001 - a lost receiver (or a muxer refusal) ends this connection
             return "connection lost: " + describe(exc)
         finally:
-            self._sink = None
             sink.close()
 
 

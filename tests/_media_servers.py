@@ -41,10 +41,16 @@ def _wait_tcp(port: int, process: subprocess.Popen, what: str) -> None:
 
 
 def _stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.kill()
-    if process is not None:
-        process.wait(10)
+    """SIGTERM (srt-live-transmit then writes out what it holds), SIGKILL if that is not enough."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait(10)
 
 
 class Nginx:
