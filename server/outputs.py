@@ -75,6 +75,7 @@ class Output:
         self.dropped = 0  # items dropped from a full queue
         self.error: str | None = None
         self.retry_in: float | None = None
+        self._stream_size: tuple[int, int] | None = None  # the picture size this connection's header says
         self.stream_start: float | None = None  # output seconds at time 0 of the receiver's stream (this connection)
 
     # ---- on the event loop ------------------------------------------------------------------------------
@@ -89,6 +90,10 @@ class Output:
         if not self._streaming:
             return
         if kind == "video":
+            if self._video.size != self._stream_size:  # a live source's first frame set a new size
+                self._streaming = False
+                self._put_stop("the picture size changed")  # the receiver's stream header says the old one
+                return
             if not self._synced and not encoded.keyframe:
                 return
             self._synced = True
@@ -104,9 +109,11 @@ class Output:
             self._synced = False  # resume at a keyframe
             self._video.request_keyframe()
 
-    def _connected(self) -> None:
+    def _connected(self, size: tuple[int, int]) -> None:
+        """The connection thread connected, with a stream header for pictures of ``size``."""
         if self._stop.is_set():
             return  # removed while connecting
+        self._stream_size = size
         self.connects += 1
         self.backoff.connected(self._clock.now())
         self.state, self.error, self.retry_in = "connected", None, None
@@ -169,10 +176,11 @@ class Output:
                                              f": {error}" if error else "")
         self._emit(OutputChanged(self.id, state, self.url.shown, error=error, **fields))
 
-    def _put_stop(self) -> None:
+    def _put_stop(self, reason: str | None = None) -> None:
+        """End the connection: with ``reason``, as a failure (tried again), else as the output's end."""
         with self._queue.mutex:
             self._queue.queue.clear()
-        self._queue.put_nowait(_STOP)
+        self._queue.put_nowait((_STOP, reason))
 
     async def close(self, reason: str = "removed") -> None:
         """Stop sending, disconnect, and say so (``removed``, or ``ended`` with the session)."""
@@ -198,8 +206,9 @@ class Output:
         session's output ends or the output is removed (None)."""
         with self._queue.mutex:
             self._queue.queue.clear()  # what was queued belongs to the previous connection
+        size = self._video.size
         try:
-            sink = open_sink(self.url, self._video.size, self._audio.extradata)
+            sink = open_sink(self.url, size, self._audio.extradata)
         except SinkError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is retried, and reported
@@ -207,14 +216,13 @@ class Output:
         if self._stop.is_set():
             sink.close()
             return None
-        loop.call_soon_threadsafe(self._connected)  # the loop is alive: the attempt awaits this thread
+        loop.call_soon_threadsafe(self._connected, size)  # the loop is alive: the attempt awaits this thread
         origin: int | None = None  # the first keyframe's index: time 0 of this connection's stream
         try:
             while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return None
-                kind, encoded = item
+                kind, encoded = self._queue.get()
+                if kind is _STOP:
+                    return encoded  # None (the end) or why this connection ends
                 if origin is None:
                     origin = encoded.index  # a keyframe: deliver() queues nothing before one
                     self.stream_start = origin / FPS

@@ -19,7 +19,7 @@ from _server_support import control_url, feed_in_real_time, free_port, next_even
 from client.control import ControlClient, ControlError
 from server.egress import Egress
 from server.output_url import parse_output_url
-from server.outputs import SessionOutputs
+from server.outputs import OUTPUT_QUEUE, Output, SessionOutputs
 from streaming.chunker import ChunkPlan
 from streaming.clock import InlineExecutor, VirtualClock
 from streaming.ingest import PLAYOUT_RATE, RECEIVE_LATENCY, SampleRing
@@ -255,4 +255,27 @@ async def test_retries_wait_on_the_session_clock():
     assert (second.state, second.retry_in, second.attempt, output.attempts) == ("retrying", 1.0, 3, 2)
     await outputs.remove(output.id)
     assert events[-1].state == "removed" and outputs.stats() == []
+    egress.close()
+
+
+async def test_a_receiver_that_falls_behind_loses_packets_and_resumes_at_a_keyframe():
+    """An output whose connection thread takes nothing (a receiver that stopped reading): the session's
+    encoders go on, the output's queue stays bounded, and what it keeps starts at a keyframe."""
+    clock = VirtualClock()
+    schedule = SessionClock(origin=clock.now(), delay=1.0)
+    timeline = OutputTimeline(ChunkPlan(window=30, context=3), np.zeros((32, 32, 3), np.uint8))
+    playout = Playout(clock, schedule, timeline, SampleRing(PLAYOUT_RATE, 5.0).read)
+    egress = Egress(playout, (32, 32), InlineExecutor())
+    video, audio = egress.broadcast_encoders()
+    events: list = []
+    output = Output("o1", parse_output_url("rtmp://127.0.0.1:1/live/x"), video, audio, clock, events.append)
+    output._connected((32, 32))  # what its connection thread reports; no thread runs to drain the queue
+    await clock.advance(schedule.frame_due(0) + 5.0 - clock.now())
+    assert video.encoded >= 5 * 25 and audio.encoded >= 5 * 50  # the session's encodes were not held back
+    items = list(output._queue.queue)
+    assert output.dropped > OUTPUT_QUEUE and 0 < len(items) <= OUTPUT_QUEUE
+    assert items[0][0] == "video" and items[0][1].keyframe  # resumes at a keyframe it asked for
+    assert any(kind == "audio" for kind, _ in items)
+    await output.close()
+    assert [e.state for e in events] == ["connected", "removed"]
     egress.close()
