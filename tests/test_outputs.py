@@ -142,24 +142,26 @@ async def test_rtmp_output_of_a_live_session_reaches_nginx_with_speech_at_the_de
 
 
 async def test_srt_output_reaches_an_srt_listener(tmp_path):
+    """Every session's output from ``--output-url`` (its id as the SRT stream id) into a listener."""
     reason = missing_srt()
     if reason:
         pytest.skip(reason)
     received = str(tmp_path / "received.ts")
     listener = SrtListener(received).start()
-    server = await start_server(str(tmp_path / "sources"), size=SIZE)
+    server = await start_server(str(tmp_path / "sources"), size=SIZE,
+                                output_url=listener.url() + "?latency=120&streamid={session}")
     seen: list[dict] = []
     try:
         async with ControlClient(control_url(server)) as control:
             created = await control.request("create", source="blue", timeout=60)
-            added = await control.request("add_output", session=created["session"],
-                                          url=listener.url() + "?latency=120&streamid=SECRET")
-            assert added["url"] == f"srt://127.0.0.1:{listener.port}?latency=120&streamid=***"
-            await next_event(control, seen, _is_output("connected", added["output"]), 30)
-            await feed_in_real_time(server.manager.get(created["session"]), speech_48k(3.0))
-            await control.request("remove_output", session=created["session"], output=added["output"])
-            removed = await next_event(control, seen, _is_output("removed", added["output"]), 10)
-            assert "SECRET" not in str(removed)
+            session_id = created["session"]
+            [output] = created["outputs"]
+            assert output["url"] == f"srt://127.0.0.1:{listener.port}?latency=120&streamid=***"
+            await next_event(control, seen, _is_output("connected", output["output"]), 30)
+            await feed_in_real_time(server.manager.get(session_id), speech_48k(3.0))
+            await control.request("stop", session=session_id)
+            ended = await next_event(control, seen, _is_output("ended", output["output"]), 10)
+            assert session_id not in ended["url"]  # the stream id is a secret
     finally:
         await server.stop()
         listener.stop()
@@ -191,6 +193,14 @@ async def test_a_receiver_that_goes_away_is_retried_while_the_others_go_on(tmp_p
             with pytest.raises(ControlError) as caught:
                 await control.request("remove_output", session=session_id, output="nope")
             assert caught.value.code == "unknown_output"
+            with pytest.raises(ControlError) as caught:
+                await control.request("create", source="red", outputs=[steady.url("c"), "http://127.0.0.1/x"])
+            assert caught.value.reply["message"].startswith("bad output URL scheme 'http': accepted are rtmp://")
+            assert len(server.manager.sessions) == 1  # refused before a session was made
+            third = await control.request("add_output", session=session_id, url=steady.url("c"))
+            await next_event(control, seen, _is_output("connected", third["output"]), 30)
+            await control.request("remove_output", session=session_id, output=third["output"])
+            await next_event(control, seen, _is_output("removed", third["output"]), 10)
             output = server.manager._entries[session_id].outputs.outputs[first]
             await _frames_read(reader, 25)
             frames_before = server.manager._entries[session_id].outputs.stats()[1]["frames"]
