@@ -289,3 +289,25 @@ async def test_a_receiver_that_falls_behind_loses_packets_and_resumes_at_a_keyfr
     await output.close()
     assert [e.state for e in events] == ["connected", "removed"]
     egress.close()
+
+
+@pytest.mark.parametrize("stereo", [False, True])
+def test_the_aac_encoder_takes_mono_and_planar_stereo_speech(stereo):
+    """Speech blocks as today's playout gives them (mono) and as the stereo playout does ([2, 960]):
+    AAC at 48 kHz stereo, each side what it was given."""
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(960 * 50) / PLAYOUT_RATE)).astype(np.float32)
+
+    def speech(start: int, end: int) -> np.ndarray:
+        block = tone[start:end]
+        return np.stack([block, np.zeros_like(block)]) if stereo else block
+
+    clock = VirtualClock()
+    playout = Playout(clock, SessionClock(origin=clock.now(), delay=1.0),
+                      OutputTimeline(ChunkPlan(window=30, context=3), np.zeros((32, 32, 3), np.uint8)), speech)
+    _, encoder = Egress(playout, (32, 32), InlineExecutor()).broadcast_encoders()
+    decoder = av.CodecContext.create("aac", "r")
+    decoder.extradata = encoder.extradata
+    decoded = [f.to_ndarray() for j in range(40) for p in encoder._encode(j).packets for f in decoder.decode(p)]
+    left, right = np.concatenate(decoded, axis=1)[:, 2048:]  # past the encoder's priming
+    assert decoded[0].shape[0] == 2 and np.sqrt(np.mean(left ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.1)
+    assert np.sqrt(np.mean(right ** 2)) < 0.01 if stereo else np.allclose(left, right, atol=0.02)
