@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import fractions
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -24,7 +25,7 @@ from model.base import FPS
 from server.output_url import OutputUrl
 from streaming.timeline import AUDIO_CLOCK
 
-CONNECT_TIMEOUT = 5.0  # seconds to wait for srt-live-transmit to say it connected (its own limit is 3 s)
+CONNECT_TIMEOUT = 5.0  # seconds to reach an RTMP receiver, or for srt-live-transmit to say it connected
 SRT_BINARY = "srt-live-transmit"
 SRT_DRAIN = 1.0  # seconds the relay may take to send what it holds (SRT's latency) when an output ends
 PIPE_BUFFER = 7 * 188 * 4  # MPEG-TS into the relay: four SRT payloads (1316 bytes) per write at most
@@ -141,6 +142,10 @@ def open_sink(url: OutputUrl, size: tuple[int, int], aac_config: bytes | None) -
     """Connect to ``url`` (blocking: call it off the event loop)."""
     if url.kind == "rtmp":
         try:
+            # PyAV opens an output URL holding the GIL (avio_open): while FFmpeg connects, the whole
+            # process waits. A receiver that does not answer is found here first, GIL released, in at
+            # most CONNECT_TIMEOUT, instead of in TCP's minutes inside FFmpeg.
+            socket.create_connection((url.host, url.port), timeout=CONNECT_TIMEOUT).close()
             return MuxSink(url.url, "flv", size, aac_config)
         except (av.FFmpegError, OSError) as exc:
             raise SinkError(f"RTMP connection failed: {describe(exc)}") from None

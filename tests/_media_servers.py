@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 from _server_support import free_port
@@ -128,3 +129,46 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_TLS_FRONT = """
+import asyncio, ssl, sys
+cert, key, port, upstream = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(cert, key)
+async def pipe(source, sink):
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        sink.close()
+async def forward(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+async def main():
+    server = await asyncio.start_server(forward, "127.0.0.1", port, ssl=context)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+class TlsFront:
+    """A TLS-terminating TCP forwarder to ``upstream`` on loopback (in its own process), as a CDN's
+    RTMPS ingest is in front of its RTMP servers."""
+
+    def __init__(self, cert: str, key: str, upstream: int) -> None:
+        self.port = free_port()
+        self.args = [sys.executable, "-c", _TLS_FRONT, cert, key, str(self.port), str(upstream)]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "TlsFront":
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_tcp(self.port, self.process, "the TLS front")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from _media_servers import Nginx, SrtListener, missing_nginx, missing_srt
+from _media_servers import Nginx, SrtListener, TlsFront, missing_nginx, missing_srt
 from _server_support import control_url, feed_in_real_time, free_port, next_event, speech_48k, start_server
 from client.control import ControlClient, ControlError
 from server.egress import Egress
@@ -311,3 +311,29 @@ def test_the_aac_encoder_takes_mono_and_planar_stereo_speech(stereo):
     left, right = np.concatenate(decoded, axis=1)[:, 2048:]  # past the encoder's priming
     assert decoded[0].shape[0] == 2 and np.sqrt(np.mean(left ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.1)
     assert np.sqrt(np.mean(right ** 2)) < 0.01 if stereo else np.allclose(left, right, atol=0.02)
+
+
+async def test_rtmps_output_through_tls(tmp_path, nginx):
+    """rtmps:// (RTMP over TLS) to a TLS front of nginx (as a CDN's ingest would be): it connects and
+    nginx gets the stream. FFmpeg does not verify the certificate (its TLS default; see the README)."""
+    from _server_support import make_tls_files
+
+    files = make_tls_files(str(tmp_path))
+    front = TlsFront(files["server.crt"], files["server.key"], nginx.port).start()
+    server = await start_server(str(tmp_path / "sources"), size=SIZE)
+    seen: list[dict] = []
+    try:
+        async with ControlClient(control_url(server)) as control:
+            created = await control.request("create", source="red", timeout=60,
+                                            outputs=[f"rtmps://127.0.0.1:{front.port}/live/tls"])
+            await next_event(control, seen, _is_output("connected"), 30)
+            playlist = os.path.join(nginx.hls, "tls.m3u8")
+            deadline = time.monotonic() + 30  # a bound for a busy machine: nginx writes it after a fragment
+            while not os.path.exists(playlist) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            stats = (await control.request("stats", session=created["session"]))["stats"]
+    finally:
+        await server.stop()
+        front.stop()
+    assert os.path.exists(playlist)
+    assert stats["outputs"][0]["connects"] == 1 and stats["outputs"][0]["state"] == "connected"
