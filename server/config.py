@@ -71,6 +71,8 @@ class ServerConfig:
     max_sdp_bytes: int = 65_536
     group: object = None  # a streaming.group.GroupLayout (--gpus/--parallel), or None: no process group
     live_sources: tuple = ()  # server.livesources.LiveSourceSpec: the operator's [live_sources] table
+    output_url: str | None = dataclasses.field(default=None, repr=False)  # every session's output ({session})
+    allow_output_hosts: tuple[str, ...] = ()  # hosts outputs may go to (empty: any)
 
     @property
     def loopback(self) -> bool:
@@ -222,10 +224,12 @@ def build_config(settings: dict) -> ServerConfig:
     if group is not None and merged["workers"] > 1:
         raise InputError(f"--workers {merged['workers']} does not go with --gpus/--parallel: one process group "
                          "serves every session")
+    output_url, allowed = _output_settings(s)
     return ServerConfig(**merged, token=token, generator_options=tuple(sorted(options.items())), group=group,
                         ice_servers=tuple(parse_ice_server(u) for u in ice),
                         ice_loopback=bool(s.get("ice_loopback", False)), mqtt=_mqtt_config(s),
-                        live_sources=parse_live_sources(s.get("live_sources")))
+                        live_sources=parse_live_sources(s.get("live_sources")),
+                        output_url=output_url, allow_output_hosts=allowed)
 
 
 def _region(size, options: dict) -> str | None:
@@ -237,6 +241,21 @@ def _region(size, options: dict) -> str | None:
         return None
     region_finder(size, "", {"region": options["region"]}, (0, 0))  # refused without an output size
     return region_option("", {"region": options.pop("region")})[0]
+
+
+def _output_settings(s: dict) -> tuple[str | None, tuple[str, ...]]:
+    """``--output-url`` (checked now with a sample session id) and ``--allow-output-host`` (repeatable)."""
+    from server.output_url import check_host_name, expand_template
+
+    hosts = s.get("allow_output_host", [])
+    allowed = tuple(dict.fromkeys(check_host_name(h) for h in ([hosts] if isinstance(hosts, str) else hosts)))
+    template = s.get("output_url")
+    if template is not None:
+        try:
+            expand_template(str(template), "0" * 16, allowed)
+        except InputError as exc:
+            raise InputError(f"--output-url: {exc}") from None
+    return template, allowed
 
 
 def _simulated_generator(s: dict, options: dict) -> str:
@@ -281,5 +300,5 @@ KNOWN_KEYS = {
     "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "connect_timeout", "token", "token_file", "ice_server", "ice_servers",
     "gpus", "parallel", "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
     "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_stats_interval", "max_message_bytes",
-    "max_sdp_bytes", "simulate", "live_sources",
+    "max_sdp_bytes", "simulate", "live_sources", "output_url", "allow_output_host",
 }

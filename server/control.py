@@ -13,16 +13,17 @@ import math
 
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.offers import OfferError
+from server.outputs import OutputLimit, UnknownOutput
 from server.sources import BadName, UnknownSource
 from streaming.errors import InputError, quoted
 from streaming.workers import GeneratorFailed
 
 log = logging.getLogger("livedub.control")
 OPS = ("auth", "create", "swap_reference", "assign_speaker", "end_ingest", "stats", "stop", "sessions", "sources",
-       "subscribe", "unsubscribe", "ping")
+       "subscribe", "unsubscribe", "ping", "add_output", "remove_output")
 ERROR_CODES = {UnknownSource: "unknown_source", BadName: "bad_name", UnknownSession: "unknown_session",
                LimitReached: "limit_reached", GeneratorUnavailable: "generator_unavailable",
-               OfferError: "bad_offer"}
+               OfferError: "bad_offer", UnknownOutput: "unknown_output", OutputLimit: "limit_reached"}
 MAX_DEPTH = 32  # nesting levels of a message; no op needs more than 2
 MAX_ID = 1 << 53  # a whole-number id must survive a JavaScript client's doubles
 MAX_NUMBER = 1e9  # larger numbers are no meaningful delay (and would overflow a float)
@@ -167,10 +168,24 @@ class ControlChannel:
         generator = _field(message, "generator", (str,), required=False)
         delay = _field(message, "delay", (int, float), required=False)
         live = _field(message, "live_video", (bool,), required=False, default=False)
-        session = await self.manager.create(source, generator, delay, live_video=live)
+        outputs = _field(message, "outputs", (list,), required=False, default=[])
+        session = await self.manager.create(source, generator, delay, live_video=live, outputs=outputs)
         self.subscriptions.add(session.id)
         return {"session": session.id, **self.urls(session.id), "delay": session.clock.delay,
-                "generator": session.profile.name, "source": session.source_name}
+                "generator": session.profile.name, "source": session.source_name,
+                "outputs": session.reporters["outputs"]() if "outputs" in session.reporters else []}
+
+    async def _op_add_output(self, message: dict) -> dict:
+        """{session, url: rtmp://, rtmps:// or srt://} -> the output's id; its progress comes as events."""
+        session_id = _field(message, "session", (str,))
+        output = self.manager.add_output(session_id, _field(message, "url", (str,)))
+        return {"session": session_id, "output": output.id, "url": output.url.shown}
+
+    async def _op_remove_output(self, message: dict) -> dict:
+        session_id = _field(message, "session", (str,))
+        output_id = _field(message, "output", (str,))
+        await self.manager.remove_output(session_id, output_id)
+        return {"session": session_id, "output": output_id}
 
     async def _op_swap_reference(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,))
@@ -207,7 +222,9 @@ class ControlChannel:
 
     async def _op_sessions(self, message: dict) -> dict:
         return {"sessions": [{"session": sid, "source": s.source_name, "generator": s.profile.name,
-                              "state": s.state, **self.urls(sid)} for sid, s in self.manager.sessions.items()]}
+                              "state": s.state, **self.urls(sid),
+                              "outputs": s.reporters["outputs"]() if "outputs" in s.reporters else []}
+                             for sid, s in self.manager.sessions.items()]}
 
     async def _op_sources(self, message: dict) -> dict:
         return {"sources": self.manager.library.listing(), "live": list(self.manager.library.live_names)}

@@ -43,6 +43,8 @@ KEYFRAME_SECONDS = 4.0  # a periodic keyframe too, so that a lost packet never f
 VIDEO_CODECS = ("video/VP8", "video/H264")
 ENCODE_AHEAD = 0.04  # seconds before its due time a video frame is encoded (1-10 ms each, more when busy)
 OPUS_BITRATE = 96_000  # as aiortc's own Opus encoder
+AAC_BITRATE = 128_000  # stereo speech for the broadcast outputs (RTMP/SRT)
+BROADCAST_VIDEO = "video/H264"  # what RTMP and MPEG-TS carry; shared with WebRTC viewers that chose H.264
 
 
 def bitrate_for(size: tuple[int, int]) -> int:
@@ -186,6 +188,11 @@ class VideoEncoder(_Encoder):
         self._keyframe_wanted = True
         self._last_keyframe: int | None = None
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the frames encoded now."""
+        return self._size
+
     def request_keyframe(self) -> None:
         """The next frame is encoded whole (a viewer joined, or lost packets and sent PLI/FIR)."""
         self._keyframe_wanted = True
@@ -262,6 +269,42 @@ class SpeechEncoder(_Encoder):
         return Encoded(j, packets, True)
 
 
+class AacEncoder(SpeechEncoder):
+    """The session's delayed speech, encoded once with AAC (stereo, 48 kHz) for every broadcast output.
+    Its packets' timestamps count samples of output time (block j starts at j * 960), so an output lines
+    them up with video frame n at n / 25 s."""
+
+    def __init__(self, playout: Playout, executor: concurrent.futures.Executor | None = None) -> None:
+        _Encoder.__init__(self, playout, executor)
+        self._codec = av.CodecContext.create("aac", "w")
+        self._codec.bit_rate = AAC_BITRATE
+        self._codec.sample_rate = AUDIO_CLOCK
+        self._codec.layout = "stereo"
+        self._codec.format = "fltp"
+        self._codec.time_base = AUDIO_TIME_BASE
+        self._codec.open()  # now: its AudioSpecificConfig is what every output's stream header carries
+
+    @property
+    def extradata(self) -> bytes | None:
+        return self._codec.extradata
+
+    def _encode(self, j: int) -> Encoded:
+        frame = av.AudioFrame.from_ndarray(planar_stereo(self.playout.speech(j)), format="fltp", layout="stereo")
+        frame.sample_rate = AUDIO_CLOCK
+        frame.pts = j * AUDIO_BLOCK
+        frame.time_base = AUDIO_TIME_BASE
+        # AAC frames are 1024 samples: a 960-sample block gives no packet or one (the encoder buffers).
+        return Encoded(j, tuple(self._codec.encode(frame)), True)
+
+
+def planar_stereo(block: np.ndarray) -> np.ndarray:
+    """A speech block as (2, samples) float32 in [-1, 1]: mono (samples,) is heard on both sides."""
+    block = np.asarray(block, np.float32)
+    if block.ndim == 1:
+        block = np.stack((block, block))
+    return np.ascontiguousarray(np.clip(block[:2], -1.0, 1.0))
+
+
 class EncodedTrack(MediaStreamTrack):
     """One viewer's track: the session encoder's packets, from its first pull and next keyframe on."""
 
@@ -334,19 +377,29 @@ class Egress:
         self._executor = executor
         self.video: dict[str, VideoEncoder] = {}
         self.speech = SpeechEncoder(playout, executor)
+        self.aac: AacEncoder | None = None  # made for the first broadcast output
 
-    def video_track(self, mime: str, viewer_id: str) -> EncodedTrack:
+    def video_encoder(self, mime: str) -> VideoEncoder:
         if mime not in VIDEO_CODECS:
             raise ValueError(f"no encoder for {mime}: accepted are {', '.join(VIDEO_CODECS)}")
         if mime not in self.video:
             self.video[mime] = VideoEncoder(self.playout, mime, self.size, self._executor)
-        return EncodedTrack(self.video[mime], viewer_id)
+        return self.video[mime]
+
+    def video_track(self, mime: str, viewer_id: str) -> EncodedTrack:
+        return EncodedTrack(self.video_encoder(mime), viewer_id)
+
+    def broadcast_encoders(self) -> tuple[VideoEncoder, AacEncoder]:
+        """The H.264 and AAC encoders that RTMP/SRT outputs subscribe to (H.264 shared with viewers)."""
+        if self.aac is None:
+            self.aac = AacEncoder(self.playout, self._executor)
+        return self.video_encoder(BROADCAST_VIDEO), self.aac
 
     def speech_track(self, viewer_id: str) -> EncodedTrack:
         return EncodedTrack(self.speech, viewer_id)
 
     def close(self) -> None:
-        for encoder in (*self.video.values(), self.speech):
+        for encoder in (*self.video.values(), self.speech, *([self.aac] if self.aac else [])):
             encoder.close()
 
 

@@ -25,6 +25,8 @@ from server.egress import Egress
 from server.offers import Offer
 from server.heap import release_free_heap
 from server.livesources import Programmes
+from server.output_url import OutputUrl, expand_template, parse_output_url
+from server.outputs import Output, SessionOutputs, UnknownOutput
 from server.peers import Peer, open_ingest, open_viewer
 from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
@@ -66,6 +68,7 @@ class _Entry:
     own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
     egress: Egress | None = None  # the session's encoders, shared by its viewers (made for the first)
     unsubscribe: Callable[[], None] | None = None  # from its live programme source, if it plays one
+    outputs: SessionOutputs | None = None  # its RTMP/SRT outputs (made for the first)
 
 
 class SessionManager:
@@ -311,9 +314,11 @@ class SessionManager:
         return entry
 
     async def create(self, source: str | None, generator: str | None = None, delay: float | None = None,
-                     live_video: bool = False) -> LiveSession:
-        """A new session on library source ``source`` (or on live video from its WHIP ingest)."""
+                     live_video: bool = False, outputs: list[str] = ()) -> LiveSession:
+        """A new session on library source ``source`` (or on live video from its WHIP ingest), pushed to
+        ``outputs`` (RTMP/SRT URLs) and to ``--output-url``'s."""
         # Everything that can be refused is refused first, before a worker is taken or started.
+        urls = self.check_outputs(outputs)
         programme = None if live_video else self.programmes.get(source)
         path = None if (live_video and source is None) or programme is not None else self.library.path(source)
         spec, _ = self._spec(generator)
@@ -358,6 +363,10 @@ class SessionManager:
             entry.unsubscribe = programme.subscribe(functools.partial(_push_programme_frame, session))
         self._entries[session_id] = entry
         entry.watcher = asyncio.create_task(self._reap(entry), name=f"reap-{session_id}")
+        if self.config.output_url:
+            urls.append(expand_template(self.config.output_url, session_id, self.config.allow_output_hosts))
+        for url in urls:
+            self._outputs(entry).add(url)
         log.info("session %s created (source %s, generator %s, delay %.2f s)", session_id, name,
                  pool.profile.name, delay)
         self.emit({"type": "event", "event": "created", "session": session_id, "source": name,
@@ -413,14 +422,44 @@ class SessionManager:
         entry.session.speakers.ingest(2).end()
         await peer.close()
 
+    # ---- broadcast outputs (RTMP/SRT) -----------------------------------------------------------------
+    def check_outputs(self, urls) -> list[OutputUrl]:
+        """Output URLs checked (scheme, host against --allow-output-host, port, ...) before any is used."""
+        if not isinstance(urls, (list, tuple)):
+            raise InputError("outputs must be a list of rtmp://, rtmps:// or srt:// URLs")
+        return [parse_output_url(url, self.config.allow_output_hosts) for url in urls]
+
+    def _egress(self, entry: _Entry) -> Egress:
+        if entry.egress is None:
+            entry.egress = Egress(entry.session.playout, entry.session.output_size)
+        return entry.egress
+
+    def _outputs(self, entry: _Entry) -> SessionOutputs:
+        if entry.outputs is None:
+            emit = functools.partial(self._emit_event, entry.session.id)
+            entry.outputs = SessionOutputs(self._egress(entry), entry.session.playout.clock, emit)
+            entry.session.reporters["outputs"] = entry.outputs.stats
+        return entry.outputs
+
+    def add_output(self, session_id: str, url: str) -> Output:
+        entry = self._entry(session_id)
+        checked = self.check_outputs([url])[0]
+        if entry.session.state == "ended":
+            raise UnknownSession(f"session {session_id} has ended")
+        return self._outputs(entry).add(checked)
+
+    async def remove_output(self, session_id: str, output_id) -> None:
+        entry = self._entry(session_id)
+        if entry.outputs is None:
+            raise UnknownOutput(f"unknown output {str(output_id)[:40]!r}: session {session_id} has none")
+        await entry.outputs.remove(output_id)
+
     async def add_viewer(self, session_id: str, offer: Offer) -> tuple[str, str]:
         entry = self._entry(session_id)
         if len(entry.viewers) >= self.config.max_viewers:
             raise LimitReached(f"viewer limit reached for session {session_id} ({self.config.max_viewers})")
         viewer_id = secrets.token_hex(6)
-        if entry.egress is None:
-            entry.egress = Egress(entry.session.playout, entry.session.output_size)
-        peer, answer = await open_viewer(entry.session, entry.egress, viewer_id, offer, self.config.ice_servers,
+        peer, answer = await open_viewer(entry.session, self._egress(entry), viewer_id, offer, self.config.ice_servers,
                                          lambda: asyncio.ensure_future(self._viewer_gone(session_id, viewer_id)),
                                          self.config.connect_timeout)
         if session_id not in self._entries:
@@ -460,7 +499,7 @@ class SessionManager:
             entry.unsubscribe()
         peers = [p for p in (entry.ingest, entry.second_ingest) if p] + list(entry.viewers.values())
         await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
-                             return_exceptions=True)
+                             *([entry.outputs.close()] if entry.outputs is not None else []), return_exceptions=True)
         if entry.egress is not None:
             entry.egress.close()
         self._entries.pop(entry.session.id, None)

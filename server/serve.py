@@ -58,6 +58,12 @@ def add_serve(commands) -> None:
     add("--mqtt-cert-file", metavar="FILE", help="client certificate for TLS")
     add("--mqtt-key-file", metavar="FILE", help="client key for TLS")
     add("--mqtt-stats-interval", type=float, metavar="SECONDS", help="stats publishing interval (default 1)")
+    add("--output-url", metavar="TEMPLATE", help="push every session's dub there too: rtmp://, rtmps:// or "
+                                                 "srt:// URL, {session} is the session id (e.g. "
+                                                 "rtmp://host/live/{session})")
+    add("--allow-output-host", action="append", metavar="HOST", help="outputs (add_output, create's outputs, "
+                                                                     "--output-url) may only go to these hosts; "
+                                                                     "repeatable (default: any)")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(run=run_serve)
 

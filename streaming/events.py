@@ -4,7 +4,8 @@ where the control websocket, MQTT and the logs take them.
 Every event of a chunk says which chunk, when its slot plays (seconds of session time) and how much of
 its window is speech; ``ChunkDone`` then says what filled the slot (``status``: on_time, late, skipped,
 failed), ``Degraded`` that the scheduler chose a cheaper tier or skipped, ``SessionError`` a generator or
-session failure, ``Ended`` why the session ended.
+session failure, ``Ended`` why the session ended, ``OutputChanged`` what a
+broadcast output's connection did.
 """
 
 from __future__ import annotations
@@ -58,7 +59,20 @@ class Ended:
     reason: str
 
 
-SessionEvent = Union[ChunkDone, Degraded, SessionError, Ended]
+@dataclasses.dataclass(frozen=True)
+class OutputChanged:
+    """A broadcast output (RTMP/SRT) connected, lost its receiver and waits ``retry_in`` seconds before
+    attempt ``attempt``, gave up (``failed``), ended with the session, or was removed."""
+    name: ClassVar[str] = "output"
+    output: str
+    state: str  # connected, retrying, failed, ended, removed
+    url: str  # without its stream key or passphrase
+    retry_in: float | None = None
+    attempt: int | None = None
+    error: str | None = None
+
+
+SessionEvent = Union[ChunkDone, Degraded, SessionError, Ended, OutputChanged]
 
 
 def message(event: SessionEvent, session_id: str) -> dict:

@@ -125,6 +125,7 @@ class LiveSession:
         self.end_frame: int | None = None  # output frames end here once the ingest has ended
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
+        self.reporters: dict[str, Callable[[], object]] = {}  # more stats from the server's side (outputs)
 
     @property
     def warm_up(self):
@@ -255,4 +256,5 @@ class LiveSession:
                        "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
                        "video_frames": self.live.frames_received if self.live is not None else 0,
                        **({"speaker2": self.speakers.stats()} if self.speakers.second is not None else {})},
+            **{name: report() for name, report in self.reporters.items()},
         }
