@@ -2,8 +2,9 @@
 
 Each output is one more subscriber of the session's H.264 encoder (shared with WebRTC viewers that chose
 H.264) and of its one AAC encoder (shared by all its outputs): nothing is encoded per output. Packets go
-from the event loop into the output's small bounded queue; its own thread connects, muxes and writes
-(server/output_sinks.py). When the queue is full (a slow receiver, a stalled network) what it holds is
+from the event loop into the output's small bounded queue; its own thread starts the connection's relay
+process and writes into its pipe with a timeout (server/output_sinks.py): FFmpeg's network code never
+runs in this process. When the queue is full (a slow receiver, a stalled network) what it holds is
 dropped and the output resumes at the next keyframe, which it asks for. When the connection fails or is
 lost, the output waits (server/backoff.py: exponential, capped, on the session's clock) and tries again;
 every change is an ``OutputChanged`` event, and ``stats()`` lists the outputs with their state.
@@ -21,7 +22,7 @@ from typing import Callable
 from model.base import FPS
 from server.backoff import Backoff
 from server.egress import AacEncoder, Egress, Encoded, VideoEncoder
-from server.output_sinks import SinkError, describe, open_sink
+from server.output_sinks import RelayLimits, SinkError, describe, open_sink
 from server.output_url import OutputUrl
 from streaming.clock import Clock, sleep_unless
 from streaming.errors import InputError
@@ -55,7 +56,8 @@ class _Tap:
 
 class Output:
     def __init__(self, output_id: str, url: OutputUrl, video: VideoEncoder, audio: AacEncoder, clock: Clock,
-                 emit: Callable[[SessionEvent], None], backoff: Backoff | None = None) -> None:
+                 emit: Callable[[SessionEvent], None], backoff: Backoff | None = None,
+                 limits: RelayLimits = RelayLimits()) -> None:
         self.id = output_id
         self.url = url
         self._video, self._audio = video, audio
@@ -63,6 +65,8 @@ class Output:
         self._clock = clock
         self._emit = emit
         self.backoff = backoff or Backoff(give_up_after=GIVE_UP_AFTER)
+        self.limits = limits
+        self.sink = None  # this connection's, while there is one (its relay process: tests reach it)
         self._queue: queue.Queue = queue.Queue(OUTPUT_QUEUE)
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -156,8 +160,8 @@ class Output:
             self._set_state("failed", "internal error")
 
     async def _attempt(self, loop: asyncio.AbstractEventLoop) -> str | None:
-        """One connection, in a thread of its own (a daemon: a write blocked on a receiver that stopped
-        reading must not hold the process at exit)."""
+        """One connection, in a thread of its own (a daemon: a write into a relay that stopped reading waits
+        for its timeout, and must not hold the process at exit)."""
         done = loop.create_future()
 
         def run() -> None:
@@ -208,7 +212,7 @@ class Output:
             self._queue.queue.clear()  # what was queued belongs to the previous connection
         size = self._video.size
         try:
-            sink = open_sink(self.url, size, self._audio.extradata)
+            sink = open_sink(self.url, size, self._audio.extradata, self.limits)
         except SinkError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is retried, and reported
@@ -216,6 +220,7 @@ class Output:
         if self._stop.is_set():
             sink.close()
             return None
+        self.sink = sink
         loop.call_soon_threadsafe(self._connected, size)  # the loop is alive: the attempt awaits this thread
         origin: int | None = None  # the first keyframe's index: time 0 of this connection's stream
         try:
@@ -238,13 +243,16 @@ class Output:
             return "connection lost: " + describe(exc)
         finally:
             sink.close()
+            self.sink = None
 
 
 class SessionOutputs:
     """The outputs of one session, added and removed by id."""
 
-    def __init__(self, egress: Egress, clock: Clock, emit: Callable[[SessionEvent], None]) -> None:
+    def __init__(self, egress: Egress, clock: Clock, emit: Callable[[SessionEvent], None],
+                 limits: RelayLimits = RelayLimits()) -> None:
         self._egress = egress
+        self._limits = limits
         self._clock = clock
         self._emit = emit
         self.outputs: dict[str, Output] = {}
@@ -253,7 +261,7 @@ class SessionOutputs:
         if len(self.outputs) >= MAX_OUTPUTS:
             raise OutputLimit(f"output limit reached ({MAX_OUTPUTS} per session); remove one first")
         video, audio = self._egress.broadcast_encoders()
-        output = Output(secrets.token_hex(4), url, video, audio, self._clock, self._emit)
+        output = Output(secrets.token_hex(4), url, video, audio, self._clock, self._emit, limits=self._limits)
         self.outputs[output.id] = output
         output.start()
         return output

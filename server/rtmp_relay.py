@@ -1,0 +1,46 @@
+"""``python -m server.rtmp_relay``: one RTMP/RTMPS connection of a session's output, in a process of its own.
+
+PyAV opens an output URL holding the GIL (FFmpeg's TCP connect, TLS and RTMP handshake) and its writes
+have no timeout, so the server runs them here, where blocking stalls nobody else (server/output_sinks.py
+starts, watches and kills this process). Its stdin: one JSON line (``url``, ``size`` [height, width],
+``aac_config`` hex), so the stream key stays off the command line; then the session's packets as
+``PacketSink`` frames them. It connects, prints ``RTMP_CONNECTED``, and muxes the packets (FLV, no
+re-encode) until its input ends (it ends the stream) or the receiver fails (its last line says why).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import av
+
+from server.output_sinks import RTMP_CONNECTED, MuxSink, SinkError, describe, read_packets
+
+
+def main() -> int:
+    stdin = sys.stdin.buffer
+    try:
+        header = json.loads(stdin.readline())
+        config = bytes.fromhex(header["aac_config"]) if header.get("aac_config") else None
+        sink = MuxSink(header["url"], "flv", tuple(header["size"]), config)
+    except (av.FFmpegError, OSError, SinkError, ValueError, KeyError, TypeError) as exc:
+        print(describe(exc), file=sys.stderr, flush=True)
+        return 1
+    print(RTMP_CONNECTED, file=sys.stderr, flush=True)
+    try:
+        for video, keyframe, pts, data in read_packets(stdin):
+            if video:
+                sink.write_video(data, pts, keyframe)
+            else:
+                sink.write_audio(data, pts)
+    except (av.FFmpegError, OSError) as exc:
+        print(describe(exc), file=sys.stderr, flush=True)  # the server says "connection lost: "
+        return 1
+    finally:
+        sink.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
