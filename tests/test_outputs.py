@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import threading
 import time
 
@@ -18,6 +20,7 @@ from _media_servers import Nginx, SrtListener, TlsFront, missing_nginx, missing_
 from _server_support import control_url, feed_in_real_time, free_port, next_event, speech_48k, start_server
 from client.control import ControlClient, ControlError
 from server.egress import Egress
+from server.output_sinks import RelayLimits
 from server.output_url import parse_output_url
 from server.outputs import OUTPUT_QUEUE, Output, SessionOutputs
 from streaming.chunker import ChunkPlan
@@ -222,10 +225,14 @@ async def test_a_receiver_that_goes_away_is_retried_while_the_others_go_on(tmp_p
         await server.stop()
         reader.join()
         steady.stop()
+    _assert_25_fps(reader, 50)  # the other output's stream went on through the outage
+
+
+def _assert_25_fps(reader: RtmpReader, frames: int) -> None:
+    """The stream read back has more than ``frames`` frames, (nearly) all 40 ms apart."""
     assert reader.error is None, reader.error
-    # The other output's stream went on at 25 fps through the outage: frames every 40 ms.
     steps = np.diff(reader.video)
-    assert len(steps) > 50 and np.median(steps) == pytest.approx(0.04) and np.mean(np.isclose(steps, 0.04)) > 0.9
+    assert len(steps) > frames and np.median(steps) == pytest.approx(0.04) and np.mean(np.isclose(steps, 0.04)) > 0.9
 
 
 async def _frames_read(reader: RtmpReader, count: int) -> None:
@@ -235,15 +242,20 @@ async def _frames_read(reader: RtmpReader, count: int) -> None:
     assert len(reader.video) >= count, (reader.error, len(reader.video))
 
 
-async def test_retries_wait_on_the_session_clock():
-    """A refused connection is retried after 0.5 s, then 1 s, of the session's clock (virtual here):
-    not before, whatever the machine's speed."""
+def _virtual_session() -> tuple[VirtualClock, SessionClock, Egress]:
+    """A session's playout and encoders (32x32, silence) on a virtual clock: frames as the test advances it."""
     clock = VirtualClock()
     schedule = SessionClock(origin=clock.now(), delay=1.0)
     timeline = OutputTimeline(ChunkPlan(window=30, context=3), np.zeros((32, 32, 3), np.uint8))
     playout = Playout(clock, schedule, timeline, SampleRing(PLAYOUT_RATE, 5.0).read)
+    return clock, schedule, Egress(playout, (32, 32), InlineExecutor())
+
+
+async def test_retries_wait_on_the_session_clock():
+    """A refused connection is retried after 0.5 s, then 1 s, of the session's clock (virtual here):
+    not before, whatever the machine's speed."""
+    clock, _, egress = _virtual_session()
     events: list = []
-    egress = Egress(playout, (32, 32), InlineExecutor())
     outputs = SessionOutputs(egress, clock, events.append)
     output = outputs.add(parse_output_url(f"rtmp://127.0.0.1:{free_port()}/live/x"))  # nobody listens there
 
@@ -271,11 +283,7 @@ async def test_retries_wait_on_the_session_clock():
 async def test_a_receiver_that_falls_behind_loses_packets_and_resumes_at_a_keyframe():
     """An output whose connection thread takes nothing (a receiver that stopped reading): the session's
     encoders go on, the output's queue stays bounded, and what it keeps starts at a keyframe."""
-    clock = VirtualClock()
-    schedule = SessionClock(origin=clock.now(), delay=1.0)
-    timeline = OutputTimeline(ChunkPlan(window=30, context=3), np.zeros((32, 32, 3), np.uint8))
-    playout = Playout(clock, schedule, timeline, SampleRing(PLAYOUT_RATE, 5.0).read)
-    egress = Egress(playout, (32, 32), InlineExecutor())
+    clock, schedule, egress = _virtual_session()
     video, audio = egress.broadcast_encoders()
     events: list = []
     output = Output("o1", parse_output_url("rtmp://127.0.0.1:1/live/x"), video, audio, clock, events.append)
@@ -337,3 +345,99 @@ async def test_rtmps_output_through_tls(tmp_path, nginx):
         front.stop()
     assert os.path.exists(playlist)
     assert stats["outputs"][0]["connects"] == 1 and stats["outputs"][0]["state"] == "connected"
+
+
+class SilentListener:
+    """Accepts TCP connections and never reads or answers (a host that does not speak RTMP, or hangs)."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.accepted = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        try:
+            while True:
+                self.held.append(self.socket.accept()[0])
+                self.accepted.set()
+        except OSError:  # closed
+            pass
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.held:
+            connection.close()
+
+
+async def test_a_receiver_that_never_answers_the_handshake_stalls_nothing(tmp_path, nginx):
+    """A host that accepts TCP and never answers RTMP's handshake: the output stays ``connecting`` until the
+    connect timeout, then retries; meanwhile the server answers requests and the session's other output
+    goes on at 25 fps (FFmpeg's handshake runs in the relay process, not the server's)."""
+    silent = SilentListener()
+    reader = RtmpReader(nginx.url("steady")).start()
+    server = await start_server(str(tmp_path / "sources"), size=SIZE)
+    seen: list[dict] = []
+    try:
+        async with ControlClient(control_url(server)) as control:
+            created = await control.request("create", source="red", timeout=60,
+                                            outputs=[nginx.url("steady")])
+            session_id = created["session"]
+            await next_event(control, seen, _is_output("connected"), 30)
+            await _frames_read(reader, 25)
+            hung = await control.request("add_output", session=session_id,
+                                         url=f"rtmp://127.0.0.1:{silent.port}/live/key")
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, silent.accepted.wait, 30), "the relay never connected"
+            frames_at_accept = len(reader.video)
+            stats = (await control.request("stats", session=session_id))["stats"]  # answered mid-handshake
+            assert [o["state"] for o in stats["outputs"]] == ["connected", "connecting"]
+            retrying = await next_event(control, seen, _is_output("retrying", hung["output"]), 30)
+            assert retrying["error"] == "RTMP connection failed: no answer within 5 s"
+            # The stream went on while the handshake hung (5 s: a second's worth is a loose bound).
+            assert len(reader.video) - frames_at_accept >= 25
+            reader.until = reader.video[-1]
+            await control.request("stop", session=session_id)
+    finally:
+        await server.stop()
+        reader.join()
+        silent.close()
+    _assert_25_fps(reader, 100)
+
+
+async def test_a_relay_that_stops_reading_is_caught_by_the_write_timeout_and_reconnected(nginx):
+    """The relay stops taking packets (stopped with SIGSTOP: as one blocked writing to a receiver that
+    stopped reading is): once its pipe is full a write waits the write timeout (0.3 s here), then the
+    output retries with the reason, the relay is killed and reaped, and the next attempt connects again.
+    The stream key is nowhere on the relay's command line."""
+    clock, _, egress = _virtual_session()
+    events: list = []
+    outputs = SessionOutputs(egress, clock, events.append, RelayLimits(write=0.3, pipe_bytes=4096))
+    output = outputs.add(parse_output_url(nginx.url("secretkey")))
+
+    async def until(state: str, count: int = 1):
+        """Run the session's clock on until the output said ``state`` ``count`` times."""
+        deadline = time.monotonic() + 60  # a bound for a busy machine, not a timing condition
+        while sum(e.state == state for e in events) < count and time.monotonic() < deadline:
+            await clock.advance(0.1)
+            await asyncio.sleep(0.01)  # the output's thread writes meanwhile
+        return [e for e in events if e.state == state][count - 1]
+
+    await until("connected")
+    relay = output.sink.relay.process
+    with open(f"/proc/{relay.pid}/cmdline", "rb") as handle:
+        assert b"secretkey" not in handle.read()
+    frames = output.frames
+    while output.frames < frames + 25:
+        await clock.advance(0.1)
+        await asyncio.sleep(0.01)
+    os.kill(relay.pid, signal.SIGSTOP)
+    retrying = await until("retrying")
+    assert retrying.error == "connection lost: the receiver stopped taking the stream (nothing sent for 0.3 s)"
+    assert relay.returncode == -signal.SIGKILL  # killed and reaped
+    await until("connected", 2)
+    assert output.connects == 2 and output.sink.relay.process.pid != relay.pid
+    await outputs.close()
+    assert events[-1].state == "ended"
+    egress.close()
