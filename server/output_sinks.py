@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import av
 
@@ -159,9 +159,14 @@ class RelayProcess:
             if self.marker in line:
                 self.connected.set()
 
-    def wait_connected(self) -> None:
+    def wait_connected(self, stopped: Callable[[], bool]) -> None:
+        """Until it said it connected; killed when it ends, takes too long, or ``stopped()`` (the output
+        was removed: a server that stops waits for no handshake)."""
         deadline = time.monotonic() + self.limits.connect
         while not self.connected.wait(0.05):
+            if stopped():
+                self.stop()
+                raise SinkError(f"{self.label} connection abandoned: the output was removed")
             if self.process.poll() is not None:
                 self.stop()
                 raise SinkError(f"{self.label} connection failed: {self.reason()}")
@@ -237,7 +242,7 @@ def read_packets(stream: BinaryIO) -> Iterator[tuple[bool, bool, int, bytes]]:
 
 
 def open_sink(url: OutputUrl, size: tuple[int, int], aac_config: bytes | None,
-              limits: RelayLimits = RelayLimits()) -> MuxSink | PacketSink:
+              limits: RelayLimits = RelayLimits(), stopped: Callable[[], bool] = lambda: False) -> MuxSink | PacketSink:
     """Start ``url``'s relay and wait until it connected (blocking, GIL released: call it off the event
     loop)."""
     if url.kind == "rtmp":
@@ -248,7 +253,7 @@ def open_sink(url: OutputUrl, size: tuple[int, int], aac_config: bytes | None,
         header = {"url": url.url, "size": list(size), "aac_config": aac_config.hex() if aac_config else None}
         try:
             relay.input.write(json.dumps(header).encode() + b"\n")
-            relay.wait_connected()
+            relay.wait_connected(stopped)
         except BaseException:
             relay.stop()
             raise
@@ -260,7 +265,7 @@ def open_sink(url: OutputUrl, size: tuple[int, int], aac_config: bytes | None,
     # -a:no: a lost receiver ends the process, and this side decides when to try again (and says so).
     relay = RelayProcess([binary, "-a:no", "file://con", f"{url.url}{separator}mode=caller"], "target connected",
                          "SRT", limits)
-    relay.wait_connected()
+    relay.wait_connected(stopped)
     try:
         return MuxSink(relay.input, "mpegts", size, aac_config, relay)
     except BaseException:

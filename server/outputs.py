@@ -212,7 +212,7 @@ class Output:
             self._queue.queue.clear()  # what was queued belongs to the previous connection
         size = self._video.size
         try:
-            sink = open_sink(self.url, size, self._audio.extradata, self.limits)
+            sink = open_sink(self.url, size, self._audio.extradata, self.limits, self._stop.is_set)
         except SinkError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is retried, and reported

@@ -10,7 +10,9 @@ re-encode) until its input ends (it ends the stream) or the receiver fails (its 
 
 from __future__ import annotations
 
+import ctypes
 import json
+import signal
 import sys
 
 import av
@@ -18,7 +20,20 @@ import av
 from server.output_sinks import RTMP_CONNECTED, MuxSink, SinkError, describe, read_packets
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Killed when the server dies: an orphan would wait on a silent receiver's handshake for ever
+    (FFmpeg's RTMP connect has no timeout; once streaming, the input's end ends it anyway)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the server kills it whenever it can
+        pass
+
+
 def main() -> int:
+    die_with_parent()
     stdin = sys.stdin.buffer
     try:
         header = json.loads(stdin.readline())

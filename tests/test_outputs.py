@@ -9,6 +9,8 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -30,6 +32,7 @@ from streaming.playout import Playout
 from streaming.timeline import OutputTimeline, SessionClock
 
 DELAY = 6.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = "192x192"
 ONSET_TOLERANCE = 0.12  # 3 frames: where the speech sits, not how fast anything ran
 
@@ -441,3 +444,43 @@ async def test_a_relay_that_stops_reading_is_caught_by_the_write_timeout_and_rec
     await outputs.close()
     assert events[-1].state == "ended"
     egress.close()
+
+
+_PARENT = """
+import json, subprocess, sys
+relay = subprocess.Popen([sys.executable, "-m", "server.rtmp_relay"], stdin=subprocess.PIPE)
+relay.stdin.write(json.dumps({"url": sys.argv[1], "size": [32, 32], "aac_config": None}).encode() + b"\\n")
+relay.stdin.flush()
+print(relay.pid, flush=True)
+sys.stdin.read()  # until the test says: die (leaving the relay in its handshake)
+"""
+
+
+def test_a_relay_in_a_handshake_dies_with_its_server():
+    """A relay waiting on a silent receiver's handshake (FFmpeg has no timeout there) is killed when the
+    process that started it dies, instead of staying an orphan for ever."""
+    silent = SilentListener()
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, f"rtmp://127.0.0.1:{silent.port}/live/k"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        relay = int(parent.stdout.readline())
+        assert silent.accepted.wait(30), "the relay never connected"
+        parent.stdin.close()
+        parent.wait(30)
+        deadline = time.monotonic() + 30  # a bound for a busy machine: the kernel kills it at once
+        while _running(relay) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(relay)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        silent.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
