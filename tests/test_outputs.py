@@ -368,6 +368,25 @@ class SilentListener:
         except OSError:  # closed
             pass
 
+    def wait_connections(self, count: int, limit: float) -> bool:
+        deadline = time.monotonic() + limit  # a bound for a busy machine
+        while len(self.held) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(self.held) >= count
+
+    def closed_by_peer(self, index: int, limit: float) -> bool:
+        """Whether the ``index``th connection's other end closed it (what it sent is read only now)."""
+        connection = self.held[index]
+        connection.settimeout(limit)
+        try:
+            while connection.recv(65536):  # the handshake's first bytes, then the end
+                pass
+        except TimeoutError:
+            return False
+        except OSError:  # reset: closed too
+            pass
+        return True
+
     def close(self) -> None:
         self.socket.close()
         for connection in self.held:
@@ -400,6 +419,11 @@ async def test_a_receiver_that_never_answers_the_handshake_stalls_nothing(tmp_pa
             assert retrying["error"] == "RTMP connection failed: no answer within 5 s"
             # The stream went on while the handshake hung (5 s: a second's worth is a loose bound).
             assert len(reader.video) - frames_at_accept >= 25
+            # Its next attempt hangs too; removed meanwhile, its relay is killed (its connection closes).
+            assert await loop.run_in_executor(None, silent.wait_connections, 2, 30), "no second attempt"
+            await control.request("remove_output", session=session_id, output=hung["output"])
+            await next_event(control, seen, _is_output("removed", hung["output"]), 10)
+            assert await loop.run_in_executor(None, silent.closed_by_peer, 1, 30)
             reader.until = reader.video[-1]
             await control.request("stop", session=session_id)
     finally:
