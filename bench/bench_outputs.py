@@ -3,10 +3,11 @@
 One live session (generator lite by default, on the demo portrait, at the server's output size) is fed
 real read speech at wall-clock pace. Its server process's CPU (utime + stime of all its threads, over
 wall time, in % of one core) is measured with no output, then with 1, 2, ... outputs pushing to a local
-nginx with its RTMP module (HLS off: nginx's own work is printed apart). The first output starts the
-session's H.264 and AAC encodes (shared with WebRTC viewers that chose H.264, and by every further
-output); each further output adds only its muxing and network writes. The load average is printed:
-the machine may be shared.
+nginx with its RTMP module (HLS off: nginx's own work is printed apart). Each RTMP connection's relay
+process (server.rtmp_relay: FLV muxing and the network writes) is measured apart and added to the cost.
+The first output starts the session's H.264 and AAC encodes (shared with WebRTC viewers that chose
+H.264, and by every further output); each further output adds only its relay and the writes into it.
+The load average is printed: the machine may be shared.
 
 Run:  PYTHONPATH=$PWD .venv/bin/python bench/bench_outputs.py [--outputs 3] [--seconds 10]
       [--generator lite] [--size 480]
@@ -60,11 +61,32 @@ async def feed_forever(session, speech: np.ndarray) -> None:
         k += 1
 
 
-async def measure(seconds: float, nginx_pid: int) -> tuple[float, float]:
+def relay_pids() -> list[int]:
+    """This process's RTMP relay children (not the generator's worker process)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                parent = int(handle.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                relay = b"server.rtmp_relay" in handle.read()
+        except (OSError, ValueError):
+            continue
+        if parent == os.getpid() and relay:
+            pids.append(int(name))
+    return pids
+
+
+async def measure(seconds: float, nginx_pid: int) -> tuple[float, float, float]:
+    """% of one core: this process, its relays, nginx."""
+    relays = relay_pids()
     wall, ours, theirs = time.monotonic(), process_seconds(), process_seconds(nginx_pid)
+    relayed = sum(process_seconds(pid) for pid in relays)
     await asyncio.sleep(seconds)
     wall = time.monotonic() - wall
-    return (100 * (process_seconds() - ours) / wall, 100 * (process_seconds(nginx_pid) - theirs) / wall)
+    relayed = sum(process_seconds(pid) for pid in relays) - relayed  # a relay that ended mid-way would raise
+    return (100 * (process_seconds() - ours) / wall, 100 * relayed / wall,
+            100 * (process_seconds(nginx_pid) - theirs) / wall)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -97,17 +119,18 @@ async def main(args: argparse.Namespace) -> None:
                 while output.state != "connected":
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(1.0)
-            ours, theirs = await measure(args.seconds, nginx.process.pid)
+            ours, relays, theirs = await measure(args.seconds, nginx.process.pid)
             stats = session.stats()
             dropped = sum(o["dropped"] for o in stats.get("outputs", []))
-            rows.append(ours)
-            print(f"  {count} output(s): server {ours:5.1f} % of a core, nginx {theirs:4.1f} %, "
+            rows.append(ours + relays)
+            print(f"  {count} output(s): server {ours:5.1f} % of a core, its relays {relays:4.1f} %, "
+                  f"nginx {theirs:4.1f} %, "
                   f"late chunks so far {stats['chunks']['late']}, output items dropped {dropped}")
         if args.outputs:
             first = rows[1] - rows[0]
             more = (rows[-1] - rows[1]) / (args.outputs - 1) if args.outputs > 1 else float("nan")
-            print(f"bench_outputs: first RTMP output +{first:.1f} % of a core (H.264 + AAC encode, mux, send); "
-                  f"each further output +{more:.1f} % (mux, send)")
+            print(f"bench_outputs: first RTMP output +{first:.1f} % of a core (H.264 + AAC encode, relay); "
+                  f"each further output +{more:.1f} % (its relay, the writes into it)")
         feeder.cancel()
     finally:
         await server.stop()
