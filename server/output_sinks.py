@@ -143,13 +143,17 @@ class RelayProcess:
         self.marker, self.label, self.limits = marker, label, limits
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, bufsize=0, env=env)
-        if limits.pipe_bytes:
-            fcntl.fcntl(self.process.stdin.fileno(), fcntl.F_SETPIPE_SZ, limits.pipe_bytes)
         self.lines: collections.deque[str] = collections.deque(maxlen=5)
         self.connected = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"{label}-relay-log", daemon=True)
         self._reader.start()
-        self.input = TimedPipe(self, limits.write)
+        try:
+            if limits.pipe_bytes:
+                fcntl.fcntl(self.process.stdin.fileno(), fcntl.F_SETPIPE_SZ, limits.pipe_bytes)
+            self.input = TimedPipe(self, limits.write)
+        except OSError:
+            self.stop()
+            raise
 
     def _read(self) -> None:
         for raw in self.process.stdout:
@@ -168,8 +172,9 @@ class RelayProcess:
                 self.stop()
                 raise SinkError(f"{self.label} connection abandoned: the output was removed")
             if self.process.poll() is not None:
+                reason = self.ended_reason()
                 self.stop()
-                raise SinkError(f"{self.label} connection failed: {self.reason()}")
+                raise SinkError(f"{self.label} connection failed: {reason}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise SinkError(f"{self.label} connection failed: no answer within {self.limits.connect:g} s")

@@ -1,7 +1,8 @@
 """Broadcast outputs against real receivers on loopback: nginx's RTMP module (its RTMP stream read back
 with PyAV, and the HLS playlist it makes) and srt-live-transmit as an SRT listener. A receiver killed
 and restarted is retried and connects again while another output of the same session goes on; the retry
-waits are on the session's clock (checked on a virtual one)."""
+waits are on the session's clock (checked on a virtual one). Each connection's relay process: a receiver
+that never answers the handshake, and a relay that stops reading, stall nothing and are retried."""
 
 from __future__ import annotations
 
@@ -271,7 +272,7 @@ async def test_retries_wait_on_the_session_clock():
 
     first = await next_state(1)
     assert (first.state, first.retry_in, first.attempt, output.attempts) == ("retrying", 0.5, 2, 1)
-    assert "RTMP connection failed" in first.error
+    assert first.error == "RTMP connection failed: Connection refused"  # the relay's last line
     await clock.advance(0.49)
     await asyncio.sleep(0.2)
     assert output.attempts == 1 and len(events) == 1  # still waiting
