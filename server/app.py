@@ -37,6 +37,7 @@ import client
 from server.auth import authorized, same_token
 from server.config import ServerConfig
 from server.control import ERROR_CODES, OPS, ControlChannel
+from server.heap import bound_heap
 from server.httplog import AccessLogger, http_logger
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
@@ -110,6 +111,7 @@ class LiveServer:
     # ---- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> str:
         """Check (or load) the default generator, start listening; the URL to open."""
+        bound_heap()  # frame-sized buffers as mmaps, handed back when freed: RSS flat over churn
         self.generator = await self.manager.prepare()
         # The access log names method and path only (a ?token= query never reaches it); aiohttp's own
         # errors go to a logger that drops header values (a malformed Authorization header included).
