@@ -37,6 +37,8 @@ import client
 from server.auth import authorized, same_token
 from server.config import ServerConfig
 from server.control import ERROR_CODES, OPS, ControlChannel
+from server.envelope import HTTP_CODES, EnvelopeAppRunner
+from server.envelope import problem as _problem
 from server.heap import bound_heap
 from server.httplog import AccessLogger, http_logger
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
@@ -55,17 +57,6 @@ WEBSOCKET_HARD_LIMIT = 1 << 20  # beyond this aiohttp closes the socket (1009); 
 EVENT_QUEUE = 256
 STATIC_FILES = frozenset(name for name in os.listdir(WEB_DIR) if os.path.isfile(os.path.join(WEB_DIR, name)))
 STATUS = {UnknownSession: 404, UnknownSource: 404, LimitReached: 503, GeneratorUnavailable: 503}
-# The ``error`` code of aiohttp's own HTTP errors (no route, wrong method, body too large...).
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
-MAX_MESSAGE_CHARS = 300
-
-
-def _problem(status: int, code: str, message: str, **headers) -> web.Response:
-    """The one error envelope of every HTTP error: ``{"error": CODE, "message": ONE LINE}``."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
 def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -114,9 +105,10 @@ class LiveServer:
         bound_heap()  # frame-sized buffers as mmaps, handed back when freed: RSS flat over churn
         self.generator = await self.manager.prepare()
         # The access log names method and path only (a ?token= query never reaches it); aiohttp's own
-        # errors go to a logger that drops header values (a malformed Authorization header included).
-        self._runner = web.AppRunner(self.app, access_log=logging.getLogger("livedub.access"),
-                                     access_log_class=AccessLogger, logger=http_logger(), shutdown_timeout=2)
+        # errors go to a logger that drops header values (a malformed Authorization header included),
+        # and their answers are the JSON envelope too (server/envelope.py).
+        self._runner = EnvelopeAppRunner(self.app, access_log=logging.getLogger("livedub.access"),
+                                          access_log_class=AccessLogger, logger=http_logger(), shutdown_timeout=2)
         await self._runner.setup()
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
