@@ -11,7 +11,7 @@ hours of churn (208 -> 307 MiB over 350 sessions, while nothing of an ended sess
   allocations, left holes the arenas never shrank over: in-process churn of 40 `lite` sessions at
   256x256 grew the arenas from 242 to 382 MiB, all but 44 MiB of it free. ``bound_heap`` fixes the
   threshold at 128 KiB (setting it turns the dynamic adjustment off, mallopt(3)): big buffers stay
-  mmaps, freed straight back, and the arenas hold only small objects (40 sessions: 55 -> 62 MiB).
+  mmaps, freed straight back, and the arenas hold only small objects (30 sessions: 49 -> 62 MiB).
 - pages freed inside an arena stay mapped until trimmed: ``release_free_heap`` (glibc's ``malloc_trim``)
   runs once a session has ended.
 
