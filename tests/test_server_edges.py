@@ -239,6 +239,39 @@ async def test_requests_the_http_parser_refuses_get_the_envelope(tmp_path):
         await server.stop()
 
 
+def test_a_parser_reason_never_carries_the_bytes_it_quotes():
+    from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+    from server.envelope import malformed_message, parser_reason
+
+    assert parser_reason(BadHttpMessage("Invalid header value char:\n\n  b'Bearer s3cret\\x01'\n  ^")) == \
+        "Invalid header value char"
+    assert parser_reason(BadHttpMessage("Duplicate 'Host' header found.")) == "Duplicate 'Host' header found"
+    for odd in ("x" * 200, "caf\u00e9 value", "tab\there", ""):  # too long, not ASCII, not printable, empty
+        assert parser_reason(BadHttpMessage(odd)) == "BadHttpMessage"
+    assert malformed_message(LineTooLong("", 8190)).endswith("at most 8190 bytes")
+
+
+async def test_another_aiohttp_major_version_keeps_its_plain_text_answers(tmp_path, monkeypatch):
+    """The handler subclass relies on aiohttp 3.x internals: elsewhere the runner is aiohttp's own."""
+    import server.envelope
+
+    monkeypatch.setattr(server.envelope, "SUPPORTED", False)
+    server = await start_server(str(tmp_path / "sources"))
+    host, port = server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GE\x01T / HTTP/1.1\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert response.split()[1] == b"400" and b"Content-Type: text/plain" in response
+        async with aiohttp.ClientSession() as http:  # the application's own errors: the envelope still
+            async with http.get(server.url + "nope") as r:
+                assert r.status == 404 and (await r.json())["error"] == "not_found"
+    finally:
+        await server.stop()
+
+
 def test_token_files_with_crlf_are_stripped_and_bad_tokens_refused(tmp_path, caplog):
     path = tmp_path / "token"
     path.write_bytes(TOKEN.encode() + b"\r\n")
