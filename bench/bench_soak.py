@@ -49,6 +49,7 @@ RATE = 48_000
 MIB = 1024 * 1024
 END_MODES = ("whip_delete", "control_stop", "peers_closed")
 IDLE_SETTLE = 3.0  # seconds idle before an idle sample (buffers handed back, workers gone)
+FULL_RETRY = 1.0  # seconds a lane waits when the server is at its session limit
 
 
 # ---- /proc sampling ---------------------------------------------------------------------------------------
@@ -160,6 +161,14 @@ async def one_session(base: str, index: int, args, speech: np.ndarray) -> dict:
     return {"mode": mode, "frames": sink.video}
 
 
+def _server_full(exc: Exception) -> bool:
+    """The session limit was reached: a session whose client just closed its peers is still playing out
+    (the server notices a closed peer only when ICE consent fails). Retried, not counted as a session:
+    without this a lane spun through thousands of refused creates in a few seconds."""
+    return getattr(exc, "code", None) == "limit_reached" or (
+        getattr(exc, "status", None) == 503 and "session limit" in str(getattr(exc, "message", "")))
+
+
 async def wait_idle(base: str, pid: int, rest_workers: int, timeout: float = 120.0) -> None:
     """Until the server reports no session and its worker processes are back to ``rest_workers``."""
     deadline = time.monotonic() + timeout
@@ -176,7 +185,7 @@ async def wait_idle(base: str, pid: int, rest_workers: int, timeout: float = 120
 async def soak(base: str, pid: int, args, speech: np.ndarray) -> list[dict]:
     started = time.monotonic()
     samples: list[dict] = []
-    state = {"phase": "warm-up", "done": 0, "failed": 0, "frames": 0}
+    state = {"phase": "warm-up", "done": 0, "failed": 0, "frames": 0, "full": 0}
 
     async def sampler() -> None:
         while True:
@@ -190,6 +199,10 @@ async def soak(base: str, pid: int, args, speech: np.ndarray) -> list[dict]:
                 result = await one_session(base, index, args, speech)
                 state["frames"] += result["frames"]
             except Exception as exc:  # noqa: BLE001 - counted and printed; the soak goes on
+                if _server_full(exc):  # not a session: wait for a slot, then the same one again
+                    state["full"] += 1
+                    await asyncio.sleep(FULL_RETRY)
+                    continue
                 state["failed"] += 1
                 print(f"session {index} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             state["done"] += 1
@@ -209,8 +222,8 @@ async def soak(base: str, pid: int, args, speech: np.ndarray) -> list[dict]:
         samples.append(sample(pid, started, "idle-at-end", state["done"]))
     finally:
         sampling.cancel()
-    print(f"sessions: {state['done']} ({state['failed']} failed), {state['frames']} video frames received",
-          flush=True)
+    print(f"sessions: {state['done']} ({state['failed']} failed), {state['frames']} video frames received; "
+          f"{state['full']} waits of {FULL_RETRY:g} s for a free session slot", flush=True)
     return samples
 
 

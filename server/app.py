@@ -37,8 +37,12 @@ import client
 from server.auth import authorized, same_token
 from server.config import ServerConfig
 from server.control import ERROR_CODES, OPS, ControlChannel
+from server.envelope import HTTP_CODES, EnvelopeAppRunner
+from server.envelope import problem as _problem
+from server.heap import bound_heap
 from server.httplog import AccessLogger, http_logger
 from server.livesources import check_no_clash, programme_thumbnail
+from server.lockout import AuthLockout
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
 from server.mqtt import MqttBridge
@@ -55,17 +59,6 @@ WEBSOCKET_HARD_LIMIT = 1 << 20  # beyond this aiohttp closes the socket (1009); 
 EVENT_QUEUE = 256
 STATIC_FILES = frozenset(name for name in os.listdir(WEB_DIR) if os.path.isfile(os.path.join(WEB_DIR, name)))
 STATUS = {UnknownSession: 404, UnknownSource: 404, LimitReached: 503, GeneratorUnavailable: 503}
-# The ``error`` code of aiohttp's own HTTP errors (no route, wrong method, body too large...).
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
-MAX_MESSAGE_CHARS = 300
-
-
-def _problem(status: int, code: str, message: str, **headers) -> web.Response:
-    """The one error envelope of every HTTP error: ``{"error": CODE, "message": ONE LINE}``."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
 def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -104,6 +97,7 @@ class LiveServer:
         self.thumbnails = Thumbnails(self.library, config.size)
         self.manager = SessionManager(config, self.library, plan, settings)
         self.mqtt = MqttBridge(config.mqtt, self.manager, self._mqtt_channel) if config.mqtt else None
+        self.lockout = AuthLockout()  # wrong tokens per client address, across connections
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
@@ -112,11 +106,13 @@ class LiveServer:
     # ---- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> str:
         """Check (or load) the default generator, start listening; the URL to open."""
+        bound_heap()  # frame-sized buffers as mmaps, handed back when freed: RSS flat over churn
         self.generator = await self.manager.prepare()
         # The access log names method and path only (a ?token= query never reaches it); aiohttp's own
-        # errors go to a logger that drops header values (a malformed Authorization header included).
-        self._runner = web.AppRunner(self.app, access_log=logging.getLogger("livedub.access"),
-                                     access_log_class=AccessLogger, logger=http_logger(), shutdown_timeout=2)
+        # errors go to a logger that drops header values (a malformed Authorization header included),
+        # and their answers are the JSON envelope too (server/envelope.py).
+        self._runner = EnvelopeAppRunner(self.app, access_log=logging.getLogger("livedub.access"),
+                                          access_log_class=AccessLogger, logger=http_logger(), shutdown_timeout=2)
         await self._runner.setup()
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -186,16 +182,29 @@ class LiveServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         """Bearer token on everything but the page and health (the websocket checks its own)."""
-        if request.path not in self.OPEN_PATHS and not request.path.startswith("/static/") and not authorized(
-                request.headers.get("Authorization"), self.config.token):
-            return _problem(401, "unauthorized", "missing or wrong bearer token",
-                            **{"WWW-Authenticate": 'Bearer realm="livedub"'})
+        if request.path not in self.OPEN_PATHS and not request.path.startswith("/static/"):
+            refused = self._locked_out(request)
+            if refused is not None:
+                return refused
+            if not authorized(request.headers.get("Authorization"), self.config.token):
+                if request.headers.get("Authorization"):  # a wrong token, not a missing one
+                    self.lockout.failed(request.remote)
+                return _problem(401, "unauthorized", "missing or wrong bearer token",
+                                **{"WWW-Authenticate": 'Bearer realm="livedub"'})
         try:
             return await handler(request)
         except InputError as exc:
             return _input_problem(exc)
         except GeneratorFailed as exc:
             return _problem(503, "generator_failed", str(exc))
+
+    def _locked_out(self, request: web.Request) -> web.Response | None:
+        """429 for an address with too many wrong tokens lately (only where a token is asked for)."""
+        refusal = self.lockout.refusal(request.remote) if self.config.token is not None else None
+        if refusal is None:
+            return None
+        return _problem(429, "too_many_failures", refusal,
+                        **{"Retry-After": str(self.lockout.retry_after(request.remote))})
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(os.path.join(WEB_DIR, "index.html"))
@@ -308,12 +317,17 @@ class LiveServer:
 
     # ---- the control websocket ----------------------------------------------------------------------------
     async def _control(self, request: web.Request) -> web.WebSocketResponse:
+        refused = self._locked_out(request)
+        if refused is not None:
+            return refused
         ws = web.WebSocketResponse(max_msg_size=WEBSOCKET_HARD_LIMIT, heartbeat=30)
         await ws.prepare(request)
         channel = ControlChannel(self.manager, f"{request.scheme}://{request.host}", self.config.token,
                                  authorized(request.headers.get("Authorization"), self.config.token)
                                  if request.headers.get("Authorization") else False,
                                  self.config.max_message_bytes, same_token)
+        if request.headers.get("Authorization") and not channel.authorized:
+            self.lockout.failed(request.remote)  # a wrong bearer token on the upgrade
         outbox: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE)
 
         def on_event(event: dict) -> None:
@@ -330,6 +344,10 @@ class LiveServer:
             async for message in ws:
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     reply = await channel.handle(message.data)
+                    if reply.get("op") == "auth" and reply.get("code") == "unauthorized" and \
+                            self.lockout.failed(request.remote):  # this address's wrong tokens, all connections
+                        channel.closing = True
+                        reply["message"] = self.lockout.refusal(request.remote)
                     if channel.closing:  # too many wrong tokens: the last reply, then the door
                         sender.cancel()
                         await asyncio.gather(sender, return_exceptions=True)

@@ -191,7 +191,8 @@ async def test_no_log_line_carries_a_header_value_or_a_token(tmp_path, caplog):
             writer.write(f"GET /sources HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n".encode())
             response = await asyncio.wait_for(reader.read(), 10)
             writer.close()
-            assert response.split()[1] == b"400"
+            assert response.split()[1] == b"400" and TOKEN.encode() not in response  # the parser refused it
+            assert json.loads(response.partition(b"\r\n\r\n")[2])["error"] == "malformed_request"
         async with aiohttp.ClientSession() as http:
             async with http.get(server.url + f"sources?token={TOKEN}", headers=AUTH) as r:
                 assert r.status == 200
@@ -202,6 +203,73 @@ async def test_no_log_line_carries_a_header_value_or_a_token(tmp_path, caplog):
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert sum("refused a malformed HTTP request" in line for line in lines) == 3
     assert any('"GET /sources" 200' in line for line in lines)  # the access line, without its query
+
+
+# Requests aiohttp's HTTP parser refuses, and the reason its envelope must name.
+UNPARSEABLE = [(b"GET /sources HTTP/1.1\r\nHost: x\r\nX-Note: v\x01\r\n\r\n", "(Invalid header value char): "
+                "accepted is HTTP/1.x with header values of printable characters"),
+               (b"GE\x01T / HTTP/1.1\r\n\r\n", "(Invalid method encountered): accepted are GET, POST"),
+               (b"GET / HTTP/9.9\r\n\r\n", "(Bad status line)"),
+               (b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", "(Received HTTPS traffic on an HTTP port): this "
+                "port speaks plain HTTP"),
+               (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", "(Got more than 8190 bytes when reading): accepted are "
+                "request lines and headers of at most 8190 bytes"),
+               (b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n", "(Invalid header token)"),
+               (b"POST /whip HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n", "(Invalid character in Content-Length)")]
+
+
+async def test_requests_the_http_parser_refuses_get_the_envelope(tmp_path):
+    """aiohttp answers these before the application (server/envelope.py): the JSON envelope, with the
+    parser's reason and what is accepted, never the bytes sent."""
+    server = await start_server(str(tmp_path / "sources"), token=TOKEN)
+    host, port = server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    try:
+        for request, reason in UNPARSEABLE:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            response = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            head, _, body = response.partition(b"\r\n\r\n")
+            assert head.split()[1] == b"400" and b"Content-Type: application/json" in head, response[:300]
+            payload = json.loads(body)
+            assert payload["error"] == "malformed_request" and reason in payload["message"], (request[:40], payload)
+            assert payload["message"].startswith("malformed HTTP request (") and "\n" not in payload["message"]
+            assert b"aaaaaaaa" not in body and b"v\\x01" not in body and b"1x" not in body
+    finally:
+        await server.stop()
+
+
+def test_a_parser_reason_never_carries_the_bytes_it_quotes():
+    from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+    from server.envelope import malformed_message, parser_reason
+
+    assert parser_reason(BadHttpMessage("Invalid header value char:\n\n  b'Bearer s3cret\\x01'\n  ^")) == \
+        "Invalid header value char"
+    assert parser_reason(BadHttpMessage("Duplicate 'Host' header found.")) == "Duplicate 'Host' header found"
+    for odd in ("x" * 200, "caf\u00e9 value", "tab\there", ""):  # too long, not ASCII, not printable, empty
+        assert parser_reason(BadHttpMessage(odd)) == "BadHttpMessage"
+    assert malformed_message(LineTooLong("", 8190)).endswith("at most 8190 bytes")
+
+
+async def test_another_aiohttp_major_version_keeps_its_plain_text_answers(tmp_path, monkeypatch):
+    """The handler subclass relies on aiohttp 3.x internals: elsewhere the runner is aiohttp's own."""
+    import server.envelope
+
+    monkeypatch.setattr(server.envelope, "SUPPORTED", False)
+    server = await start_server(str(tmp_path / "sources"))
+    host, port = server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GE\x01T / HTTP/1.1\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert response.split()[1] == b"400" and b"Content-Type: text/plain" in response
+        async with aiohttp.ClientSession() as http:  # the application's own errors: the envelope still
+            async with http.get(server.url + "nope") as r:
+                assert r.status == 404 and (await r.json())["error"] == "not_found"
+    finally:
+        await server.stop()
 
 
 def test_token_files_with_crlf_are_stripped_and_bad_tokens_refused(tmp_path, caplog):
