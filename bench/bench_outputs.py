@@ -121,11 +121,11 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(1.0)
             ours, relays, theirs = await measure(args.seconds, nginx.process.pid)
             stats = session.stats()
-            dropped = sum(o["dropped"] for o in stats.get("outputs", []))
+            dropped = sum(o["dropped"] for o in stats.reported.get("outputs", []))
             rows.append(ours + relays)
             print(f"  {count} output(s): server {ours:5.1f} % of a core, its relays {relays:4.1f} %, "
                   f"nginx {theirs:4.1f} %, "
-                  f"late chunks so far {stats['chunks']['late']}, output items dropped {dropped}")
+                  f"late chunks so far {stats.chunks.late}, output items dropped {dropped}")
         if args.outputs:
             first = rows[1] - rows[0]
             more = (rows[-1] - rows[1]) / (args.outputs - 1) if args.outputs > 1 else float("nan")

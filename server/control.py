@@ -211,9 +211,9 @@ class ControlChannel:
     async def _op_stats(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,), required=False)
         if session_id is None:
-            return {"sessions": [s.stats() for s in self.manager.sessions.values()],
+            return {"sessions": [s.stats().to_wire() for s in self.manager.sessions.values()],
                     "live_sources": self.manager.programmes.stats()}
-        return {"stats": self.manager.get(session_id).stats()}
+        return {"stats": self.manager.get(session_id).stats().to_wire()}
 
     async def _op_stop(self, message: dict) -> dict:
         session_id = _field(message, "session", (str,))

@@ -34,17 +34,17 @@ class SessionCollector:
                                  labels=labels)
         for sid, session in sessions.items():
             stats = session.stats()
-            delay_target.add_metric([sid], stats["delay"]["target"])
-            if stats["delay"]["send"]["p95"] is not None:
-                delay_send.add_metric([sid], stats["delay"]["send"]["p95"])
-            fps.add_metric([sid], stats["fps_out"])
-            viewers.add_metric([sid], stats["viewers"])
+            delay_target.add_metric([sid], stats.delay.target)
+            if stats.delay.send.p95 is not None:
+                delay_send.add_metric([sid], stats.delay.send.p95)
+            fps.add_metric([sid], stats.fps_out)
+            viewers.add_metric([sid], stats.viewers)
             for status in ("generated", "late", "skipped", "failed"):
-                chunks.add_metric([sid, status], stats["chunks"][status])
-            for tier, count in stats["tiers"].items():
+                chunks.add_metric([sid, status], getattr(stats.chunks, status))
+            for tier, count in stats.tiers.items():
                 tiers.add_metric([sid, tier], count)
-            if stats["cost"]["mean"] is not None:
-                cost.add_metric([sid], stats["cost"]["mean"])
+            if stats.cost.mean is not None:
+                cost.add_metric([sid], stats.cost.mean)
         yield from (delay_target, delay_send, fps, viewers, chunks, tiers, cost)
 
 

@@ -129,7 +129,7 @@ class MqttBridge:
         while True:
             for session_id, session in list(self.manager.sessions.items()):
                 await client.publish(self.topic(f"sessions/{session_id}/stats"),
-                                     json.dumps(session.stats()).encode(), qos=0)
+                                     json.dumps(session.stats().to_wire()).encode(), qos=0)
             await asyncio.sleep(self.config.stats_interval)
 
     async def close(self) -> None:

@@ -34,6 +34,8 @@ from streaming.livesource import LiveVideoSource
 from streaming.playout import Playout, ViewerStats
 from streaming.scheduler import DEFAULT_TIERS, SAFETY
 from streaming.speakers import LiveSpeakers
+from streaming.stats import (ChunkStats, CostStats, DelayStats, IngestStats, Percentiles, SessionStats,
+                             WarmUpStats)
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.workers import GeneratorPool
 
@@ -84,13 +86,6 @@ def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: Se
         raise InputError(f"bad delay {delay!r}: accepted is {low:.2f} to {MAX_DELAY:.0f} seconds "
                          f"(one {plan.window}-frame chunk plus generation time must fit in it)")
     return float(delay)
-
-
-def _percentiles(values) -> dict:
-    if not values:
-        return {"p50": None, "p95": None}
-    data = np.asarray(values)
-    return {"p50": round(float(np.percentile(data, 50)), 4), "p95": round(float(np.percentile(data, 95)), 4)}
 
 
 class LiveSession:
@@ -228,33 +223,29 @@ class LiveSession:
         return self.playout.viewers
 
     # ---- reporting ------------------------------------------------------------------------------------
-    def stats(self) -> dict:
+    def stats(self) -> SessionStats:
+        """The session's stats now (``to_wire()`` gives the JSON the control channel, MQTT and metrics send)."""
         now = self._now()
         loop = self.loop
         costs = list(loop.costs)
-        return {
-            "session": self.id, "state": self.state, "source": self.source_name,
-            "generator": self.profile.name, "time": round(self.clock.session_time(now), 3),
-            "delay": {"target": self.clock.delay, "lead": self.clock.lead,
-                      "send": _percentiles(list(self.playout.send_delays))},
-            "av_offset_send": _percentiles([o for v in self.viewers.values() for o in v.av_offsets]),
-            "chunks": {"generated": self.counts["generated"], "late": self.counts["late"],
-                       "skipped": self.counts["skipped"], "failed": self.counts["failed"],
-                       "degraded": sum(v for k, v in loop.tier_counts.items() if k != self.settings.tiers[0].name)},
-            "tiers": dict(loop.tier_counts),
-            "frames": dict(self.playout.played),
-            "fps_out": round(float(np.mean([v.fps(now) for v in self.viewers.values()])), 2) if self.viewers else 0.0,
-            "viewers": len(self.viewers),
-            "frames_skipped": sum(v.skipped for v in self.viewers.values()),  # sent late: skipped ahead
-            "cost": {"last": round(costs[-1], 4) if costs else None,
-                     "mean": round(float(np.mean(costs)), 4) if costs else None, **_percentiles(costs),
-                     "generator_mean": round(float(np.mean(loop.generator_seconds)), 4)
-                     if loop.generator_seconds else None},
-            "warm_up": None if self.warm_up is None else {"cold": round(self.warm_up.cold, 4),
-                                                          "warm": round(self.warm_up.warm, 4)},
-            "ingest": {"frames": self.ingest.frames_received, "ended": self.ingest.ended,
-                       "seconds": round(self.ingest.model.end / AUDIO_RATE, 3),
-                       "video_frames": self.live.frames_received if self.live is not None else 0,
-                       **({"speaker2": self.speakers.stats()} if self.speakers.second is not None else {})},
-            **{name: report() for name, report in self.reporters.items()},
-        }
+        viewers = self.viewers.values()
+        second = self.speakers.stats()
+        return SessionStats(
+            session=self.id, state=self.state, source=self.source_name, generator=self.profile.name,
+            time=round(self.clock.session_time(now), 3),
+            delay=DelayStats(self.clock.delay, self.clock.lead, Percentiles.of(list(self.playout.send_delays))),
+            av_offset_send=Percentiles.of([o for v in viewers for o in v.av_offsets]),
+            chunks=ChunkStats(self.counts["generated"], self.counts["late"], self.counts["skipped"],
+                              self.counts["failed"],
+                              sum(v for k, v in loop.tier_counts.items() if k != self.settings.tiers[0].name)),
+            tiers=dict(loop.tier_counts), frames=dict(self.playout.played),
+            fps_out=round(float(np.mean([v.fps(now) for v in viewers])), 2) if viewers else 0.0,
+            viewers=len(viewers), frames_skipped=sum(v.skipped for v in viewers),
+            cost=CostStats.of(costs, list(loop.generator_seconds)),
+            warm_up=None if self.warm_up is None else WarmUpStats(round(self.warm_up.cold, 4),
+                                                                  round(self.warm_up.warm, 4)),
+            ingest=IngestStats(self.ingest.frames_received, self.ingest.ended,
+                               round(self.ingest.model.end / AUDIO_RATE, 3),
+                               self.live.frames_received if self.live is not None else 0, second),
+            reported={name: report() for name, report in self.reporters.items()},
+        )

@@ -13,6 +13,7 @@ import numpy as np
 from model.speakers import FacePick, SpeakerError, SpeakerFaces
 from streaming.errors import InputError
 from streaming.ingest import LiveAudioIngest
+from streaming.stats import SpeakerStats
 
 
 class LiveSpeakers:
@@ -62,8 +63,8 @@ class LiveSpeakers:
             raise InputError(str(exc)) from None
         return self.faces
 
-    def stats(self) -> dict | None:
+    def stats(self) -> SpeakerStats | None:
+        """The second speaker's ingest (None with one speaker)."""
         if self.second is None:
             return None
-        return {"frames": self.second.frames_received, "ended": self.second.ended,
-                "faces": list(self.faces.picks)}
+        return SpeakerStats(self.second.frames_received, self.second.ended, list(self.faces.picks))

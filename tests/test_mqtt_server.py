@@ -98,11 +98,11 @@ async def test_stats_commands_and_a_broker_that_comes_and_goes(tmp_path):
             # Kill the broker mid-session: the session goes on, untouched.
             broker.stop()
             killed = time.monotonic()
-            before = server.manager.get(session).stats()["time"]
+            before = server.manager.get(session).stats().time
             await asyncio.sleep(1.5)
             assert (await _health(server))["mqtt"] == "disconnected"
             assert (await control.request("stats", session=session))["stats"]["state"] == "running"
-            assert server.manager.get(session).stats()["time"] > before + 1.4
+            assert server.manager.get(session).stats().time > before + 1.4
             # Restart it on the same port: the server reconnects and publishes again.
             broker.start()
             stats = await subscriber.wait(time.monotonic(), f"sessions/{session}/stats", timeout=15)

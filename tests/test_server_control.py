@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from _server_support import control_url, start_server
+from stats_wire import check_documented
 from client.control import ControlClient, ControlError
 from server.config import build_config, load_file
 from server.sources import SourceLibrary
@@ -61,6 +62,7 @@ async def test_bad_control_messages_get_error_replies_and_nothing_else_breaks(tm
             assert (await control.request("ping"))["op"] == "ping"
             stats = (await control.request("stats", session=session))["stats"]
             assert stats["state"] == "running" and stats["source"] == "red"
+            check_documented(stats)  # what the control channel sends is the documented stats
             async with aiohttp.ClientSession() as http, http.get(server.url + "metrics") as response:
                 metrics = await response.text()
             assert f'livedub_delay_target_seconds{{session="{session}"}} 4.2' in metrics

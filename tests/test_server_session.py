@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import server_fault_generators
+from stats_wire import check_documented
 from _server_support import feed_in_real_time, speech_48k, write_still
 from model.registry import GENERATORS
 from model.base import Tier
@@ -155,8 +156,9 @@ async def test_session_generates_every_chunk_on_time_and_ends_after_the_speech(s
     # before the session's start are dropped).
     assert session.end_frame == -(-session.ingest.ended_at // 640) and 48 <= session.end_frame <= 55
     stats = session.stats()
-    assert stats["chunks"]["generated"] == len(chunks) and stats["chunks"]["late"] == 0
-    assert 1.9 <= stats["ingest"]["seconds"] <= 2.2
+    assert stats.chunks.generated == len(chunks) and stats.chunks.late == 0
+    assert 1.9 <= stats.ingest.seconds <= 2.2
+    check_documented(stats.to_wire())  # the documented keys and types, from a real session
 
 
 async def test_reference_swap_takes_effect_at_the_next_chunk(stills):
@@ -225,7 +227,7 @@ async def test_a_slow_generator_degrades_to_a_cheaper_tier_and_keeps_the_delay(s
     session, events, played = await _play_real_time("slow", stills[0], 3.0, {"seconds": 0.5, "fast_seconds": 0.05})
     degraded = _events(events, "degraded")
     assert degraded and all(d["action"] in ("tier", "skip") for d in degraded)
-    tiers = session.stats()["tiers"]
+    tiers = session.stats().tiers
     assert tiers.get("fast", 0) + tiers.get("draft", 0) > tiers.get("full", 0)
     # The delay holds: frames are due on the clock whatever happened; the end comes on time.
     assert played[-1][0] >= session.end_frame - 1
@@ -268,7 +270,7 @@ async def test_a_generator_too_slow_for_any_tier_hands_its_chunks_to_the_fallbac
     finally:
         await pool.close()
         await fallback.close()
-    tiers = session.stats()["tiers"]
+    tiers = session.stats().tiers
     assert tiers.get("fallback", 0) >= 4 and tiers.get("full", 0) >= 1
     fell_back = [c for c in _events(events, "chunk") if c.get("tier") == "fallback"]
     assert fell_back and all(c["status"] == "on_time" for c in fell_back)

@@ -154,7 +154,7 @@ async def test_whip_with_video_makes_the_live_video_the_source(tmp_path, loopbac
             await viewer.close(delete=False)
     finally:
         await server.stop()
-    assert stats["ingest"]["video_frames"] > 100 and stats["chunks"]["generated"] >= 1
+    assert stats.ingest.video_frames > 100 and stats.chunks.generated >= 1
     colours = [c for _, _, c in capture.video]
     assert colours[0][1] < 50  # before the first chunk: the placeholder (black)
     green = [c for c in colours if c[1] > 150 and c[0] < 80]

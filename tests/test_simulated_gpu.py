@@ -143,4 +143,4 @@ async def test_live_server_session_on_simulated_h100x8(tmp_path):
     for c in chunks:
         tier = next(t for t in generator.tiers if t.name == c["tier"])
         assert c["generator_seconds"] == pytest.approx(generator.cost(request(tier, plan.chunk(c["chunk"]))), abs=1e-3)
-    assert stats["chunks"]["late"] == 0 and stats["chunks"]["skipped"] == 0 and stats["generator"] == "simulated"
+    assert stats.chunks.late == 0 and stats.chunks.skipped == 0 and stats.generator == "simulated"
