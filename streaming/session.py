@@ -9,7 +9,8 @@ viewers). One clock (streaming/clock.py) is injected here and reaches every stag
 
 The session owns the speech input and the end: when the ingest ends (its sender gone or done, or idle),
 what was captured plays out, then the session ends with one ``Ended`` event. Stages report typed events
-(streaming/events.py); the manager turns them into messages at the edge.
+(streaming/events.py); the manager turns them into messages at the edge. ``stats()`` gives typed stats
+(streaming/stats.py); the control channel and MQTT serialise them with ``to_wire()``.
 """
 
 from __future__ import annotations
