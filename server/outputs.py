@@ -6,7 +6,7 @@ from the event loop into the output's small bounded queue; its own thread starts
 process and writes into its pipe with a timeout (server/output_sinks.py): FFmpeg's network code never
 runs in this process. When the queue is full (a slow receiver, a stalled network) what it holds is
 dropped and the output resumes at the next keyframe, which it asks for. When the connection fails or is
-lost, the output waits (server/backoff.py: exponential, capped, on the session's clock) and tries again;
+lost, the output waits (streaming/backoff.py: exponential, capped, on the session's clock) and tries again;
 every change is an ``OutputChanged`` event, and ``stats()`` lists the outputs with their state.
 """
 
@@ -20,7 +20,7 @@ import threading
 from typing import Callable
 
 from model.base import FPS
-from server.backoff import Backoff
+from streaming.backoff import Backoff
 from server.egress import AacEncoder, Egress, Encoded, VideoEncoder
 from server.output_sinks import RelayLimits, SinkError, describe, open_sink
 from server.output_url import OutputUrl

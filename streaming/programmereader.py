@@ -20,6 +20,7 @@ from typing import Callable, ClassVar
 
 import av
 
+from streaming.backoff import Backoff
 from streaming.restamp import Restamper
 from streaming.srtrelay import RelayMissing, RelayStream
 
@@ -28,6 +29,7 @@ OPEN_TIMEOUT = 10.0  # seconds to connect to a pulled stream (rtmp, rtsp, HLS)
 READ_TIMEOUT = 5.0  # seconds without data from a pulled stream before it counts as lost
 AHEAD_LIMIT = 2.0  # frames due further ahead than this (an HLS segment fetched at once) are read no faster
 # Probe little: a live stream starts as soon as its video parameters are known, not 5 s of data later.
+RECONNECT_CAP = 10.0  # seconds: a programme that dropped is tried at least this often (0.5 s doubling up to it)
 PROBE_OPTIONS = {"probesize": "500000", "analyzeduration": "1000000"}
 
 
@@ -49,29 +51,19 @@ class ProgrammeState:
         return {"type": "event", "event": self.name, **fields}
 
 
-@dataclasses.dataclass(frozen=True)
-class Backoff:
-    first: float = 0.5
-    factor: float = 2.0
-    limit: float = 10.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds before try ``attempt`` (1, 2, ...)."""
-        return min(self.limit, self.first * self.factor ** max(0, attempt - 1))
-
 
 class ProgrammeReader:
     """Run ``run`` in a thread of its own; ``stop`` ends it (within a poll, or a read timeout)."""
 
     def __init__(self, name: str, url: str, on_frame: Callable[[av.VideoFrame, float], None],
                  on_state: Callable[[ProgrammeState], None], now: Callable[[], float] = time.monotonic,
-                 backoff: Backoff = Backoff()) -> None:
+                 backoff: Backoff | None = None) -> None:
         self.name = name
         self.url = url
         self._on_frame = on_frame
         self._on_state = on_state
         self._now = now
-        self._backoff = backoff
+        self._backoff = backoff or Backoff(cap=RECONNECT_CAP)
         self.stop = threading.Event()
 
     def run(self) -> None:

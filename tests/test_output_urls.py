@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from server.backoff import Backoff
+from streaming.backoff import Backoff
 from server.config import build_config
 from server.output_url import MAX_URL_CHARS, expand_template, parse_output_url
 from streaming.clock import VirtualClock

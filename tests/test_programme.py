@@ -26,10 +26,11 @@ from client.control import ControlClient, ControlError
 from server.config import build_config, load_file
 from server.livesources import LiveSourceSpec, check_no_clash, parse_live_sources
 from server.sources import BadName, SourceLibrary
+from streaming.backoff import Backoff
 from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
 from streaming.programme import Programme
-from streaming.programmereader import Backoff
+from streaming.programmereader import RECONNECT_CAP
 from streaming.restamp import Restamper
 from streaming.timeline import SessionClock
 
@@ -112,7 +113,7 @@ def test_the_latency_of_a_late_first_frame_is_shed_step_by_step_without_making_f
 
 
 def test_reconnect_backoff_doubles_up_to_its_limit():
-    assert [Backoff().delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [Backoff(cap=RECONNECT_CAP).delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 
 
 # ---- configuration -------------------------------------------------------------------------------------

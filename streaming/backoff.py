@@ -3,7 +3,8 @@
 A receiver that refuses, or accepts and drops at once, is tried after 0.5 s, 1 s, 2 s ... up to the cap;
 a connection that stayed up ``stable`` seconds starts the count afresh, so that a receiver restarted
 hours later is tried again at once. Time comes from the caller (the session's clock), so the same
-failures give the same delays on any machine.
+failures give the same delays on any machine. Used by broadcast outputs (server/outputs.py) and live
+programme sources (streaming/programmereader.py).
 """
 
 from __future__ import annotations
@@ -32,4 +33,8 @@ class Backoff:
         self.failures += 1
         if self.give_up_after and self.failures >= self.give_up_after:
             return None
-        return min(self.cap, self.first * 2.0 ** (self.failures - 1))
+        return self.delay(self.failures)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before try ``attempt`` (1, 2, ...) after a failure: ``first`` doubled each time, capped."""
+        return min(self.cap, self.first * 2.0 ** max(0, attempt - 1))
