@@ -1,5 +1,5 @@
 """Real media servers for tests, on free loopback ports with their files in a temp folder: nginx with its
-RTMP module (live application, HLS on) and an ``srt-live-transmit`` listener writing what it receives
+RTMP module (live application, HLS on, the playlists also served over HTTP) and an ``srt-live-transmit`` listener writing what it receives
 to a file. Each is started and stopped by the test; ``missing()`` names what is not installed."""
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ class Nginx:
     """nginx in the foreground (one process) with ``rtmp://127.0.0.1:PORT/live/KEY`` and its HLS
     playlists in ``hls/KEY.m3u8``."""
 
-    def __init__(self, folder: str, port: int | None = None) -> None:
+    def __init__(self, folder: str, port: int | None = None, playlist_seconds: int = 6) -> None:
         self.folder = folder
         self.port = port or free_port()
+        self.http_port = free_port()  # the HLS it makes, served over HTTP (``hls_url``)
         self.hls = os.path.join(folder, "hls")
         os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
         os.makedirs(self.hls, exist_ok=True)
@@ -81,15 +82,23 @@ rtmp {{
             hls on;
             hls_path {self.hls};
             hls_fragment 1s;
-            hls_playlist_length 6s;
+            hls_playlist_length {playlist_seconds}s;
         }}
     }}
+}}
+http {{
+    access_log off;
+    types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}
+    server {{ listen 127.0.0.1:{self.http_port}; location /hls/ {{ root {folder}; }} }}
 }}
 """)
         self.process: subprocess.Popen | None = None
 
     def url(self, key: str) -> str:
         return f"rtmp://127.0.0.1:{self.port}/live/{key}"
+
+    def hls_url(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/hls/{key}.m3u8"
 
     def start(self) -> "Nginx":
         self.process = subprocess.Popen([NGINX, "-c", self.config, "-p", self.folder], stdout=subprocess.DEVNULL,

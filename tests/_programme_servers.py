@@ -1,5 +1,5 @@
 """Real senders and media servers for the programme-source tests: an SRT caller fed MPEG-TS H.264 by
-PyAV at real-time pace (Debian's srt-live-transmit), and nginx with its RTMP module on loopback.
+PyAV at real-time pace (Debian's srt-live-transmit). nginx is tests/_media_servers.py's.
 
 Each programme frame carries its number ``k`` in three grey blocks along its top edge (4 bits each), so
 a test can tell which programme frame a session's output frame shows, through H.264 and resizing.
@@ -7,9 +7,6 @@ a test can tell which programme frame a session's output frame shows, through H.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,11 +20,6 @@ from media import astronaut
 SIDE = 320
 BAND = 32  # rows of the marker band (of SIDE)
 
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def marked_frame(base: np.ndarray, k: int) -> np.ndarray:
@@ -127,60 +119,3 @@ class SrtSender:
         except OSError:
             pass
 
-
-def have(binary: str) -> bool:
-    return shutil.which(binary) is not None or os.path.exists(binary)
-
-
-NGINX = "/usr/sbin/nginx"
-RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class NginxRtmp:
-    """nginx with its RTMP module on free loopback ports, in a temp folder: RTMP in and out (``live``
-    application), and the HLS it makes of each stream served over HTTP (1 s fragments)."""
-
-    def __init__(self, folder: str) -> None:
-        self.port, self.http_port = _free_tcp_port(), _free_tcp_port()
-        conf = os.path.join(folder, "nginx.conf")
-        with open(conf, "w") as handle:
-            handle.write(f"load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\n"
-                         f"error_log {folder}/error.log warn;\npid {folder}/nginx.pid;\n"
-                         "events { worker_connections 64; }\n"
-                         f"rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; hls on; "
-                         f"hls_path {folder}/hls; hls_fragment 1s; hls_playlist_length 4s; }} }} }}\n"
-                         f"http {{ access_log off; types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}\n"
-                         f"  server {{ listen 127.0.0.1:{self.http_port}; location /hls/ {{ root {folder}; }} }} }}\n")
-        self.process = subprocess.Popen([NGINX, "-c", conf, "-p", folder], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:  # bounded: up once its port answers
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start: {open(os.path.join(folder, 'error.log')).read()}")
-                time.sleep(0.05)
-
-    def url(self, stream: str) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
-
-    def hls_url(self, stream: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}/hls/{stream}.m3u8"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()

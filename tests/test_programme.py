@@ -18,8 +18,8 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from _programme_servers import (NGINX, RTMP_MODULE, NginxRtmp, PacedEncoder, SrtSender, free_udp_port, have,
-                                read_mark)
+from _media_servers import Nginx, free_udp_port, missing_nginx, missing_srt
+from _programme_servers import PacedEncoder, SrtSender, read_mark
 from _server_support import control_url, feed_in_real_time, speech_48k, start_server
 
 from client.control import ControlClient, ControlError
@@ -160,8 +160,7 @@ def test_a_live_source_may_not_share_a_name_with_a_file_and_clients_never_name_a
 
 
 # ---- real servers ----------------------------------------------------------------------------------------
-needs_srt = pytest.mark.skipif(not have("srt-live-transmit"),
-                               reason="srt-live-transmit missing (Debian package srt-tools; scripts/setup.sh)")
+needs_srt = pytest.mark.skipif(missing_srt() is not None, reason=str(missing_srt()))
 
 
 async def _programme_event(control: ControlClient, seen: list, state: str, limit: float = 20.0) -> dict:
@@ -288,10 +287,9 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
     assert len(after) > 25 and _follows(after) and min(after) >= 2000, after
 
 
-@pytest.mark.skipif(not (have(NGINX) and have(RTMP_MODULE)),
-                    reason="nginx or its RTMP module missing (Debian nginx, libnginx-mod-rtmp; scripts/setup.sh)")
+@pytest.mark.skipif(missing_nginx() is not None, reason=str(missing_nginx()))
 async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
-    nginx = NginxRtmp(str(tmp_path))
+    nginx = Nginx(str(tmp_path), playlist_seconds=4).start()
     publisher = PacedEncoder(nginx.url("programme"), "flv", first=500)  # as OBS or a vision mixer would
     played: list = []
     seen: list = []
@@ -324,12 +322,11 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
     assert len(marks) > 75 and _follows(marks[25:]) and min(marks) >= 500, marks
 
 
-@pytest.mark.skipif(not (have(NGINX) and have(RTMP_MODULE)),
-                    reason="nginx or its RTMP module missing (Debian nginx, libnginx-mod-rtmp; scripts/setup.sh)")
+@pytest.mark.skipif(missing_nginx() is not None, reason=str(missing_nginx()))
 async def test_an_hls_programme_is_read_at_its_own_pace_a_segment_ahead(tmp_path):
     """nginx makes HLS of an RTMP stream; the programme reads the playlist over HTTP: its frames come a
     segment at a time but are due at the stream's pace, and are read no more than 2 s ahead."""
-    nginx = NginxRtmp(str(tmp_path))
+    nginx = Nginx(str(tmp_path), playlist_seconds=4).start()
     publisher = PacedEncoder(nginx.url("programme"), "flv", first=300)
     playlist = tmp_path / "hls" / "programme.m3u8"
     states: list = []
