@@ -25,7 +25,6 @@ import fractions
 import json
 import os
 import select
-import shutil
 import struct
 import subprocess
 import sys
@@ -37,11 +36,11 @@ import av
 
 from model.base import FPS
 from server.output_url import OutputUrl
+from streaming.srtrelay import RelayMissing, relay_path
 from streaming.timeline import AUDIO_CLOCK
 
 CONNECT_TIMEOUT = 5.0  # seconds for a relay to say it connected
 WRITE_TIMEOUT = 10.0  # seconds a write into a relay may wait before its receiver counts as stalled
-SRT_BINARY = "srt-live-transmit"
 RTMP_CONNECTED = "rtmp relay connected"  # what server.rtmp_relay prints once its receiver took the header
 DRAIN = 1.0  # seconds a relay may take to send what it holds (SRT's latency) when an output ends
 PIPE_BUFFER = 7 * 188 * 4  # MPEG-TS into the relay: four SRT payloads (1316 bytes) per write at most
@@ -263,9 +262,10 @@ def open_sink(url: OutputUrl, size: tuple[int, int], aac_config: bytes | None,
             relay.stop()
             raise
         return PacketSink(relay)
-    binary = shutil.which(SRT_BINARY)
-    if binary is None:
-        raise SinkError(f"{SRT_BINARY} not found: SRT outputs need Debian's srt-tools package")
+    try:
+        binary = relay_path()  # the same srt-live-transmit as SRT programme sources
+    except RelayMissing as exc:
+        raise SinkError(str(exc)) from None
     separator = "&" if "?" in url.url else "?"
     # -a:no: a lost receiver ends the process, and this side decides when to try again (and says so).
     relay = RelayProcess([binary, "-a:no", "file://con", f"{url.url}{separator}mode=caller"], "target connected",

@@ -35,7 +35,7 @@ class RelayMissing(RuntimeError):
 def relay_path() -> str:
     path = shutil.which(RELAY)
     if path is None:
-        raise RelayMissing(f"SRT sources need {RELAY} (Debian package srt-tools; scripts/setup.sh installs it)")
+        raise RelayMissing(f"SRT needs {RELAY} (Debian package srt-tools; scripts/setup.sh installs it)")
     return path
 
 
