@@ -129,7 +129,7 @@ def costs(path: str, frames: int) -> None:
 
 def rss_bytes() -> int:
     """Resident memory after handing the heap's free pages back (what is live, not what was)."""
-    from server.heap import release_free_heap
+    from streaming.heap import release_free_heap
 
     release_free_heap()
     with open("/proc/self/status") as handle:

@@ -230,6 +230,11 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
         while track.started_at is None or time.monotonic() < track.started_at + args.seconds + args.delay + 0.5:
             await asyncio.sleep(0.2)
         stats = (await control.request("stats", session=session))["stats"]
+        chunk_events = []
+        while not control.events.empty():
+            event = control.events.get_nowait()
+            if event.get("event") in ("chunk", "degraded") and event.get("session") == session:
+                chunk_events.append(event)
         extra = await extra
         await publisher.close()
         await viewer.close(delete=False)
@@ -242,7 +247,8 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
     return {"audio_delays": audio, "video_delays": video, "fps": fps, "first_frame": first_frame,
             "server_fps": stats["fps_out"], "av_send": stats["av_offset_send"], "server_skipped": stats["frames_skipped"],
             "chunks": stats["chunks"], "tiers": stats["tiers"], "cost": stats["cost"]["mean"],
-            "generator": stats["cost"]["generator_mean"], "extra": extra}
+            "generator": stats["cost"]["generator_mean"], "extra": extra,
+            "chunk_events": chunk_events}
 
 
 def percentiles(values) -> str:
@@ -265,6 +271,8 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
           f"budget {args.delay} s, started {args.stagger:g} s apart, "
           f"{args.seconds:g} s of speech each")
     print(f"speech delay glass to glass: {percentiles(audio)}  (budget {args.delay} s; {len(audio)} windows)")
+    print("  per session, p50: " + ", ".join(f"{np.median(r['audio_delays']):.3f} s" if r["audio_delays"] else "-"
+                                            for r in results))
     av_send = ", ".join(f"p50 {r['av_send']['p50'] * 1000:+.1f} ms / p95 {r['av_send']['p95'] * 1000:+.1f} ms"
                         for r in results if r["av_send"]["p50"] is not None)
     print(f"A/V offset as sent by the server (video - audio send time, same instant): {av_send}")
@@ -291,7 +299,18 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     print(f"load average while it ran: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "
           f"tiers {[r['tiers'] for r in results]}; cost per chunk (mean, submission to result) {costs}")
+    if args.chunks:
+        for number, result in enumerate(results):
+            print(f"session {number}: " + "; ".join(_chunk_line(e) for e in result["chunk_events"]))
     return {"sessions": sessions, "late": late, "cpu": cpu}
+
+
+def _chunk_line(event: dict) -> str:
+    """One chunk event, short: index, status or action, and its times."""
+    if event["event"] == "degraded":
+        return f"#{event['chunk']} {event['action']} (left {event['time_left']} s)"
+    times = "/".join(str(event.get(k)) for k in ("seconds", "generator_seconds") if event.get(k) is not None)
+    return f"#{event['chunk']} {event['status']} {times}".rstrip()
 
 
 @contextlib.contextmanager
@@ -329,6 +348,7 @@ def main() -> int:
     parser.add_argument("--worker", choices=("auto", "thread", "process"), default="auto")
     parser.add_argument("--viewers", type=int, nargs="+", default=[0], metavar="N",
                         help="more WHEP viewers per session, one measurement per number (they count frames)")
+    parser.add_argument("--chunks", action="store_true", help="print each session's chunk events")
     parser.add_argument("--count-viewers", nargs=3, metavar=("WHEP", "N", "SECONDS"), help=argparse.SUPPRESS)
     parser.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
                         help="start session i at i * SECONDS (0: all at once, the worst case: every "

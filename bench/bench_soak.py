@@ -272,7 +272,7 @@ def main() -> int:
     offer_loopback_candidates()
     options = ["--generator", "lite", "--size", args.size, "--max-sessions", str(args.concurrent + 1), "--ice-loopback"]
     with livedub_serve(folder, options, args.python, args.root) as (server, base):
-        time.sleep(5)  # the spare worker process starts
+        time.sleep(5)  # the lite host worker warms up
         samples = asyncio.run(soak(base, server.pid, args, speech))
     if args.csv:
         with open(args.csv, "w", newline="") as handle:

@@ -39,7 +39,7 @@ from server.config import ServerConfig
 from server.control import ERROR_CODES, OPS, ControlChannel
 from server.envelope import HTTP_CODES, EnvelopeAppRunner
 from server.envelope import problem as _problem
-from server.heap import bound_heap
+from streaming.heap import bound_heap
 from server.httplog import AccessLogger, http_logger
 from server.livesources import check_no_clash, programme_thumbnail
 from server.lockout import AuthLockout

@@ -54,7 +54,7 @@ class ServerConfig:
     generator: str = "lite"
     generator_options: tuple = ()
     worker: str = "auto"  # thread, process, or auto (a process, except for passthrough)
-    workers: int = 0  # instances of a shared (GPU) generator; 0 = one
+    workers: int = 0  # instances of a shared (GPU) generator (0 = one); hosts of a per-session one (0 = a CPU slot each)
     delay: float = 5.5
     lead: float = 0.12
     size: object = 480

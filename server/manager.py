@@ -1,7 +1,8 @@
 """The server's sessions: creation within limits, their peers, generator pools, and event fan-out.
 
-Generator pools are shared by every session of one generator (a GPU model is loaded once) and built on
-first use. Events from sessions go to every listener (control connections, MQTT) through callbacks that
+Generator pools are shared by every session of one generator and built on first use (the default one at
+start-up): a shared generator (a GPU model, loaded once) serves every session from one instance; one with
+per-session state hosts an instance per session in a few worker processes (streaming/hosts.py). Events from sessions go to every listener (control connections, MQTT) through callbacks that
 must not block; a session that ends by itself (ingest gone, idle, failure) is cleaned up here.
 """
 
@@ -18,12 +19,12 @@ from typing import Callable
 
 import numpy as np
 
-from model.base import Tier
+from model.base import FPS, Tier
 from model.registry import serving_needs
 from server.config import ServerConfig
 from server.egress import Egress
 from server.offers import Offer
-from server.heap import release_free_heap
+from streaming.heap import release_free_heap
 from server.livesources import Programmes
 from server.output_url import OutputUrl, expand_template, parse_output_url
 from server.outputs import Output, SessionOutputs, UnknownOutput
@@ -34,16 +35,19 @@ from streaming.errors import InputError
 from streaming.events import SessionEvent, message
 from streaming.livesource import LiveVideoSource
 from streaming.region import session_region
+from streaming.phases import spread_origin
 from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettings, check_delay, lowest_delay,
                                widest_margins)
 from streaming.sharedsource import SourceCache
 from streaming.warmup import warm_up, warm_up_request
-from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec
+from streaming.hosts import GeneratorHosts
+from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec, PoolStream
 
 log = logging.getLogger("livedub.manager")
 # Generators that declare no tier ladder have one cost: their only cheaper rung is the fallback (or
 # skipping the chunk). Those with steps to cut (infinitetalk, simulated) declare their own.
 SINGLE_TIER = (Tier("full"),)
+ORIGIN_MARGIN = 1.0  # seconds a session's first frames stay ahead of their due time when its origin moves back
 
 
 class UnknownSession(InputError):
@@ -65,7 +69,7 @@ class _Entry:
     second_ingest: Peer | None = None  # speaker 2's speech (POST /whip/ID?speaker=2)
     viewers: dict[str, Peer] = dataclasses.field(default_factory=dict)
     watcher: asyncio.Task | None = None
-    own_pools: list[GeneratorPool] = dataclasses.field(default_factory=list)  # closed with the session
+    streams: list[PoolStream] = dataclasses.field(default_factory=list)  # its generator streams, closed with it
     egress: Egress | None = None  # the session's encoders, shared by its viewers (made for the first)
     unsubscribe: Callable[[], None] | None = None  # from its live programme source, if it plays one
     outputs: SessionOutputs | None = None  # its RTMP/SRT outputs (made for the first)
@@ -80,21 +84,20 @@ class SessionManager:
         self.settings = settings or SessionSettings(delay=config.delay, lead=config.lead,
                                                     idle_timeout=config.idle_timeout)
         self._entries: dict[str, _Entry] = {}
-        self._pools: dict[str, GeneratorPool] = {}
+        self._pools: dict[str, GeneratorPool | GeneratorHosts] = {}
         self._pool_lock = asyncio.Lock()
         self._listeners: list[Callable[[dict], None]] = []
         self._creating = 0
         self.started = time.time()
-        # CPU generators of all sessions share the cores left after the WebRTC work (one core's worth).
+        # CPU generators of all sessions share the cores left after the WebRTC work (one core's worth),
+        # and as many host workers hold their sessions' instances.
         self.cpu_slots = CpuSlots(max(1, (os.cpu_count() or 2) - 1))
-        # A worker process of the default generator started ahead, so that creating a session does not
-        # wait for a process to start and import its libraries (seconds).
-        self._spare: tuple[asyncio.Task, GeneratorPool] | None = None
         # What the generators turned out to be once started: lets a request be checked (its delay, a
         # generator that failed to build) before it takes a worker.
         self._profiles: dict[str, GeneratorProfile] = {}
         self._unbuildable: dict[str, str] = {}
         self._warm_costs: dict[str, float] = {}  # generator -> warm chunk seconds measured at start-up
+        self._origins: dict[str, float] = {}  # session -> its clock origin, from its creation on
         self.sources = SourceCache()  # sessions on one library source share its decoded frames
         # The operator's live programme sources: read from start-up on, shared by the sessions on them.
         self.programmes = Programmes(config.live_sources, lambda state: self.emit(state.message()))
@@ -131,26 +134,32 @@ class SessionManager:
         process groups."""
         return serving_needs(spec.name).shared or self._group(spec) is not None
 
-    async def pool(self, name: str | None = None) -> GeneratorPool:
-        """The shared pool of generator ``name`` (process workers: one model load serves every session)."""
+    async def pool(self, name: str | None = None) -> GeneratorPool | GeneratorHosts:
+        """The pool of generator ``name``, started on first use: one instance for every session (a shared
+        model: one load), or host workers with an instance per session."""
         spec, mode = self._spec(name)
         async with self._pool_lock:
             if spec.name not in self._pools:
                 self._check_buildable(spec)
-                workers = self.config.workers or 1
-                group = self._group(spec)
-                pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=2 * self.config.max_sessions,
-                                     group=group)
+                queue_limit = 2 * self.config.max_sessions
+                if self._shared(spec):
+                    workers = self.config.workers or 1
+                    group = self._group(spec)
+                    pool = GeneratorPool(spec, workers=workers, mode=mode, queue_limit=queue_limit, group=group)
+                    where = group.describe() if group is not None else f"{workers} {mode} worker(s)"
+                else:
+                    pool = GeneratorHosts(spec, mode, self.config.workers or self.cpu_slots.count,
+                                          self.cpu_slots, queue_limit)
+                    where = f"{len(pool.pools)} {mode} host(s), an instance per session"
                 try:
                     await pool.start()
-                except GeneratorFailed as exc:  # a shared model that failed to load fails the same next time
+                except GeneratorFailed as exc:  # a generator that failed to load fails the same next time
                     self._unbuildable[spec.name] = str(exc)
+                    await pool.close()
                     raise
-                if group is not None:
-                    log.info("generator %s ready on %s", spec.name, group.describe())
-                else:
-                    log.info("generator %s ready (%d %s worker%s)", spec.name, workers, mode, "s" * (workers > 1))
+                log.info("generator %s ready on %s", spec.name, where)
                 self._pools[spec.name] = pool
+                self._profiles.setdefault(pool.profile.name, pool.profile)
             return self._pools[spec.name]
 
     def _check_buildable(self, spec: GeneratorSpec) -> None:
@@ -164,8 +173,6 @@ class SessionManager:
 
     def _known_profiles(self, spec: GeneratorSpec) -> list[GeneratorProfile | None]:
         """The profiles of the generator (and fallback) a session of ``spec`` would run; None if unknown."""
-        if self._spare is not None and self._spare[0].done() and self._spare[1].profile is not None:
-            self._profiles.setdefault(self._spare[1].profile.name, self._spare[1].profile)
         fallback = serving_needs(spec.name).fallback
         names = [spec.name] + ([fallback] if fallback else [])
         return [self._profiles.get(name) for name in names]
@@ -187,10 +194,8 @@ class SessionManager:
 
     async def delay_limits(self, generator: str | None = None) -> dict:
         """The delays a session of ``generator`` accepts: ``exact`` once the generator's audio lookahead is
-        known (its spare worker has started), else the lowest any generator could accept."""
+        known (it has started), else the lowest any generator could accept."""
         spec, _ = self._spec(generator)
-        if not all(self._known_profiles(spec)) and self._spare is not None:
-            await asyncio.gather(asyncio.shield(self._spare[0]), return_exceptions=True)
         profiles = self._known_profiles(spec)
         exact = all(profiles)
         right = widest_margins(*profiles).right if exact else 0.0
@@ -198,28 +203,24 @@ class SessionManager:
         return {"min": low, "max": MAX_DELAY, "default": self.config.delay, "exact": exact}
 
     async def prepare(self) -> str:
-        """Load the default generator at start-up (a shared GPU model now; a spare worker otherwise), warm
-        it on a library source to measure its chunk cost, and refuse a --delay below what it needs.
-        The live programme sources start reading now (a listener must be up before its sender connects)."""
+        """Load the default generator at start-up (a shared GPU model, or the hosts of the sessions'
+        instances), warm it on a library source to measure its chunk cost, and refuse a --delay below what
+        it needs. The live programme sources start reading now (a listener must be up before its sender
+        connects)."""
         self.programmes.start()
-        spec, mode = self._spec(None)
-        needs = serving_needs(spec.name)
-        if self._shared(spec):
-            pool = await self.pool()
-        else:
-            self._start_spare(spec, mode)
-            task, pool = self._spare
-            await task
-        if needs.warm_up:
+        spec, _ = self._spec(None)
+        pool = await self.pool()
+        if serving_needs(spec.name).warm_up:
             reference = await self._any_reference()
             if reference is not None:
                 request = warm_up_request(reference[0], self.plan, pool.profile.audio_margins,
                                           (pool.profile.tiers or SINGLE_TIER)[0], reference[1])
-                measured = await warm_up(pool, request, time.monotonic)
+                # Every host pays what a process loads once now (its instance for no stream runs it).
+                for target in pool.pools if isinstance(pool, GeneratorHosts) else [pool]:
+                    measured = await warm_up(target, request, time.monotonic)
                 self._warm_costs[spec.name] = measured.warm
                 log.info("generator %s warm: first chunk %.3f s cold, %.3f s warm", spec.name, measured.cold,
                          measured.warm)
-        self._profiles.setdefault(pool.profile.name, pool.profile)
         right = widest_margins(*(p for p in self._known_profiles(spec) if p is not None)).right
         try:
             check_delay(self.config.delay, self.plan, right, self.settings, self.warm_cost(spec.name))
@@ -246,58 +247,20 @@ class SessionManager:
             frames = None if frames is None else np.stack([crop(image, framing) for image in frames])
         return reference, frames
 
-    def _start_spare(self, spec: GeneratorSpec, mode: str) -> None:
-        pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
-        self._spare = (asyncio.create_task(pool.start(), name=f"spare-{spec.name}"), pool)
-
-    async def _session_pool(self, spec: GeneratorSpec, mode: str) -> GeneratorPool:
-        """A started pool of a session's own: the spare when it is of this generator (and a new spare
-        starts), else a new one."""
-        default = self._spec(None)
-        if self._spare is not None and (spec, mode) == default:
-            (task, pool), self._spare = self._spare, None
-            try:
-                await task
-            except Exception:  # noqa: BLE001 - a spare that failed to start is replaced below
-                log.exception("spare %s worker failed to start", spec.name)
-                await pool.close()
-            else:
-                self._start_spare(spec, mode)
-                return pool
-        pool = GeneratorPool(spec, workers=1, mode=mode, queue_limit=2, cpu_slots=self.cpu_slots)
-        await pool.start()
-        if self._spare is None and (spec, mode) == default:
-            self._start_spare(spec, mode)
-        return pool
-
-    async def _session_pools(self, name: str | None) -> tuple[GeneratorPool, GeneratorPool | None, list]:
-        """The session's generator pool and fallback pool, and those it owns. A generator declared shared
-        (a GPU model: one load) serves every session from one pool; the others get an instance per
-        session (they may keep per-stream state, e.g. face tracking), in a thread or a process of the
-        session's own. A declared fallback runs in a pool of the session's own."""
-        spec, mode = self._spec(name)
-        needs = serving_needs(spec.name)
-        owned: list[GeneratorPool] = []
+    async def _session_streams(self, name: str | None, session_id: str) -> tuple[PoolStream, PoolStream | None]:
+        """The session's stream on its generator's pool, and on its declared fallback's (a cheaper
+        generator for the chunks the first cannot afford): the instance of a shared generator, or one of
+        the session's own on a host worker."""
+        spec, _ = self._spec(name)
+        pool = (await self.pool(name)).stream(session_id)
+        fallback = serving_needs(spec.name).fallback
+        if not fallback:
+            return pool, None
         try:
-            if self._shared(spec):
-                pool = await self.pool(name)
-            else:
-                pool = await self._session_pool(spec, mode)
-                owned.append(pool)
-            fallback = None
-            if needs.fallback:
-                fallback_spec = GeneratorSpec.from_registry(needs.fallback, fallback=None)
-                fallback = GeneratorPool(fallback_spec, workers=1, mode=serving_needs(needs.fallback).worker,
-                                         queue_limit=2, cpu_slots=self.cpu_slots)
-                owned.append(fallback)
-                await fallback.start()
+            return pool, (await self.pool(fallback)).stream(session_id)
         except BaseException:
-            await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
+            await pool.close()
             raise
-        for started in (pool, fallback):
-            if started is not None and started.profile is not None:
-                self._profiles.setdefault(started.profile.name, started.profile)
-        return pool, fallback, owned
 
     # ---- sessions -----------------------------------------------------------------------------------------
     @property
@@ -327,9 +290,11 @@ class SessionManager:
         if len(self._entries) + self._creating >= self.config.max_sessions:
             raise LimitReached(f"session limit reached ({self.config.max_sessions}); stop one first")
         self._creating += 1
-        owned: list[GeneratorPool] = []
+        streams: list[PoolStream] = []
+        session_id = secrets.token_hex(8)
         try:
-            pool, fallback, owned = await self._session_pools(generator)
+            pool, fallback = await self._session_streams(generator, session_id)
+            streams = [stream for stream in (pool, fallback) if stream is not None]
             margins = widest_margins(*(p.profile for p in (pool, fallback) if p is not None))
             delay = check_delay(self.config.delay if delay is None else delay, self.plan, margins.right,
                                 self.settings, self.warm_cost(pool.profile.name))
@@ -344,21 +309,23 @@ class SessionManager:
                 media = await asyncio.get_running_loop().run_in_executor(
                     None, self.sources.open, path, self.config.size, settings.keyframe_interval)
                 name = source
-            session_id = secrets.token_hex(8)
             needs = serving_needs(spec.name)
-            # A generator of the session's own is warmed on the session's source (a shared one was
-            # warmed at start-up and serves other sessions' chunks meanwhile).
+            # A generator instance of the session's own is warmed on the session's source (a shared one
+            # was warmed at start-up and serves other sessions' chunks meanwhile).
             # Events are typed up to here; listeners (control, MQTT) get them as JSON-ready dicts.
             emit = functools.partial(self._emit_event, session_id)
             session = LiveSession(session_id, media, name, pool, settings, emit, plan=self.plan,
-                                  fallback_pool=fallback, warm=needs.warm_up and not needs.shared)
+                                  fallback_pool=fallback, warm=needs.warm_up and not needs.shared,
+                                  warm_cost=self.warm_cost(pool.profile.name),
+                                  origin=self._spread_origin(session_id, settings))
             await session.start()
         except BaseException:
-            await asyncio.gather(*(p.close() for p in owned), return_exceptions=True)
+            self._origins.pop(session_id, None)
+            await asyncio.gather(*(p.close() for p in streams), return_exceptions=True)
             raise
         finally:
             self._creating -= 1
-        entry = _Entry(session, own_pools=owned)
+        entry = _Entry(session, streams=streams)
         if programme is not None:
             entry.unsubscribe = programme.subscribe(functools.partial(_push_programme_frame, session))
         self._entries[session_id] = entry
@@ -372,6 +339,14 @@ class SessionManager:
         self.emit({"type": "event", "event": "created", "session": session_id, "source": name,
                    "generator": pool.profile.name, "delay": delay})
         return session
+
+    def _spread_origin(self, session_id: str, settings: SessionSettings) -> float:
+        """A new session's clock origin: its chunks fall due between those of the sessions running or
+        being created (kept until the session is forgotten)."""
+        origin = spread_origin(time.monotonic(), list(self._origins.values()), self.plan.stride / FPS,
+                               settings.delay - settings.lead - ORIGIN_MARGIN)
+        self._origins[session_id] = origin
+        return origin
 
     async def load_source(self, name: str):
         path = self.library.path(name)
@@ -498,11 +473,12 @@ class SessionManager:
         if entry.unsubscribe is not None:
             entry.unsubscribe()
         peers = [p for p in (entry.ingest, entry.second_ingest) if p] + list(entry.viewers.values())
-        await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.own_pools),
+        await asyncio.gather(*(p.close() for p in peers), *(p.close() for p in entry.streams),
                              *([entry.outputs.close()] if entry.outputs is not None else []), return_exceptions=True)
         if entry.egress is not None:
             entry.egress.close()
         self._entries.pop(entry.session.id, None)
+        self._origins.pop(entry.session.id, None)
         log.info("session %s ended (%s)", entry.session.id, entry.session.end_reason)
         del peers, entry  # this frame's references go first: with no cycle left, the session is freed by now
         await asyncio.get_running_loop().run_in_executor(None, release_free_heap)
@@ -526,10 +502,6 @@ class SessionManager:
         await asyncio.gather(*(self.stop(sid, "server_stopped") for sid in list(self._entries)),
                              return_exceptions=True)
         await self.programmes.close()
-        if self._spare is not None:
-            (task, pool), self._spare = self._spare, None
-            await asyncio.gather(task, return_exceptions=True)
-            await pool.close()
         await asyncio.gather(*(p.close() for p in self._pools.values()), return_exceptions=True)
         self._pools.clear()
 

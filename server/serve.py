@@ -32,7 +32,8 @@ def add_serve(commands) -> None:
                                             "chunks cost what `livedub plan` predicts (implies --generator simulated)")
     add("--worker", choices=("auto", "thread", "process"), help="where generators run (default auto: a "
                                                                "process, except the trivial passthrough)")
-    add("--workers", type=int, metavar="N", help="instances of a shared GPU generator (default 1)")
+    add("--workers", type=int, metavar="N", help="instances of a shared GPU generator (default 1), or host "
+        "processes of a per-session one such as lite (default: one per CPU core left to generators)")
     add("--delay", type=float, metavar="SECONDS", help="latency budget, glass to glass (default 5.5)")
     add("--lead", type=float, metavar="SECONDS", help="frames leave this early to cover the output "
                                                       "leg: encode, network, jitter buffer (default 0.12)")

@@ -87,7 +87,7 @@ class ChunkLoop:
                  speakers: LiveSpeakers, schedule: SessionClock, timeline: OutputTimeline, settings,
                  plan: ChunkPlan, clock: Clock, emit: Callable[[SessionEvent], None],
                  executor: concurrent.futures.Executor, stop: asyncio.Event, on_idle: Callable[[], None],
-                 warm: bool = False) -> None:
+                 warm: bool = False, warm_cost: float | None = None) -> None:
         self.id = session_id
         self.pool = pool
         self.fallback_pool = fallback_pool
@@ -127,6 +127,7 @@ class ChunkLoop:
         self.costs = collections.deque(maxlen=50)  # submission to result, queueing and transfer included
         self.generator_seconds = collections.deque(maxlen=50)  # what the generator itself reported
         self._warm = warm  # run a warm-up chunk on the source before the first real one
+        self._warm_cost = warm_cost  # the generator's warm cost measured elsewhere, if known
         self.warm_up: WarmUp | None = None
 
     def release(self) -> None:
@@ -146,23 +147,40 @@ class ChunkLoop:
 
     async def run(self) -> None:
         """Chunks until the speech has ended (or the session stops)."""
+        warming = asyncio.ensure_future(self._warm_up()) if self._warm else None
         try:
-            if self._warm:
-                await self._warm_up()
-            await self._chunks()
+            await self._chunks(warming)
         finally:
+            if warming is not None:
+                warming.cancel()
+                await asyncio.gather(warming, return_exceptions=True)
             if self._region is not None:
                 self._region.close()
 
-    async def _chunks(self) -> None:
+    async def _chunks(self, warming: asyncio.Future | None) -> None:
         index = 0
         while not self._stop.is_set():
             if self._speech_done(index):
                 break
             if not await self._wait_capture(index):
                 break
+            if index == 0 and warming is not None:
+                await self._end_warm_up(warming)
             await self._produce(index)
             index += 1
+
+    async def _end_warm_up(self, warming: asyncio.Future) -> None:
+        """Chunk 0 is ready: a warm-up still waiting or running gives way to it (many sessions started
+        together queue their warm-ups behind each other's real chunks). The scheduler then starts from
+        the warm cost measured before, at start-up or by another session: never from a cold run."""
+        if not warming.done():
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
+            log.info("session %s: chunk 0 is ready before the warm-up ended; it starts from the known "
+                     "warm cost %s", self.id, self._warm_cost)
+        tier = self.scheduler.tiers[0]
+        if self.warm_up is None and self._warm_cost is not None and not self.scheduler.measured(tier):
+            self.scheduler.record(tier, self._warm_cost)
 
     async def _warm_up(self) -> None:
         """The generator's first, cold run on this source happens now, during chunk 0's capture; the

@@ -99,7 +99,8 @@ def _lead(generator, conn) -> None:
         result.info["ranks"] = dist.get_world_size()  # the chunk events say it ran on the group
         return result
 
-    serve_requests(conn, run, idle=lambda: _broadcast(("ping", None)), idle_seconds=HEARTBEAT_SECONDS)
+    serve_requests(conn, lambda request, _stream: run(request), idle=lambda: _broadcast(("ping", None)),
+                   idle_seconds=HEARTBEAT_SECONDS)
     _broadcast(("stop", None))
 
 

@@ -93,7 +93,11 @@ class LiveSession:
     def __init__(self, session_id: str, source, source_name: str, pool: GeneratorPool,
                  settings: SessionSettings, emit: Callable[[SessionEvent], None], clock: Clock = SYSTEM_CLOCK,
                  plan: ChunkPlan = ChunkPlan(), fallback_pool: GeneratorPool | None = None,
-                 executor: concurrent.futures.Executor | None = None, warm: bool = False) -> None:
+                 executor: concurrent.futures.Executor | None = None, warm: bool = False,
+                 warm_cost: float | None = None, origin: float | None = None) -> None:
+        """``warm``: warm the generator up on the source before chunk 0; ``warm_cost``: its warm chunk cost
+        measured before (at start-up, by another session), the scheduler's start when that warm-up has not
+        finished by chunk 0. ``origin``: the clock's session time 0, when not now (streaming/phases.py)."""
         self.id = session_id
         self.settings = settings
         self.plan = plan
@@ -101,7 +105,7 @@ class LiveSession:
         self._emit = emit
         self._clock = clock
         self._now = clock.now
-        self.clock = SessionClock(clock.now(), settings.delay, settings.lead)
+        self.clock = SessionClock(clock.now() if origin is None else origin, settings.delay, settings.lead)
         self.ingest = LiveAudioIngest(settings.buffer_seconds)
         self.speakers = LiveSpeakers(self.ingest, settings.buffer_seconds)  # speaker 2: a second WHIP ingest
         # The session's blocking steps (decoding, building requests) run one at a time off the loop
@@ -110,7 +114,7 @@ class LiveSession:
         self._stop = asyncio.Event()
         self.timeline = OutputTimeline(plan, np.zeros((1, 1, 3), np.uint8))
         self.loop = ChunkLoop(session_id, source, pool, fallback_pool, self.speakers, self.clock, self.timeline,
-                              settings, plan, clock, emit, self._executor, self._stop, self._idle, warm)
+                              settings, plan, clock, emit, self._executor, self._stop, self._idle, warm, warm_cost)
         self.timeline.idle = np.zeros((*self.loop.source_size(), 3), np.uint8)
         self.playout = Playout(clock, self.clock, self.timeline, self.speakers.playout)  # both speakers heard
         # What callers read of the chunk loop.

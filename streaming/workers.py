@@ -8,6 +8,10 @@ number of sessions earliest deadline first, through a bounded queue; a request w
 while it waited is not run at all. A worker process that dies fails its chunk with ``WorkerDied`` and is
 restarted (with backoff) before it takes the next one. A pool may instead hold one process group of
 ranks (``group=``, streaming/group.py), restarted whole in the same way.
+
+A request names its stream (the session it is for): a ``per_stream`` pool runs each stream on an
+instance of its own inside the worker (streaming/instances.py), so sessions that keep per-stream state
+share a worker process instead of each starting one (streaming/hosts.py).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from model.base import AudioMargins, ChunkRequest, ChunkResult
 from model.errors import InputError
 from model.registry import GENERATORS
 from model.serving import WORKER_MODES
+from streaming.heap import bound_heap, release_free_heap
+from streaming.instances import Instances
 from streaming.sharedframes import AttachedSegments, SharedSegment
 
 log = logging.getLogger("livedub.workers")
@@ -128,33 +134,43 @@ def describe(exc: BaseException) -> str:
 
 
 class ThreadWorker:
-    """One generator instance, built and run in one thread of its own."""
+    """The generator's instances (one, or one per stream), built and run in one thread of its own."""
 
-    def __init__(self, spec: GeneratorSpec, executor: concurrent.futures.Executor | None = None) -> None:
+    def __init__(self, spec: GeneratorSpec, executor: concurrent.futures.Executor | None = None,
+                 per_stream: bool = False) -> None:
         self.spec = spec
+        self.per_stream = per_stream
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}")
-        self._generator = None  # touched only inside the executor's thread
+        self._instances: Instances | None = None  # touched only inside the executor's thread
 
     def _build(self) -> GeneratorProfile:
-        self._generator = self.spec.build()
-        return GeneratorProfile.of(self._generator)
+        first = self.spec.build()
+        self._instances = Instances(first, self.spec.build, self.per_stream)
+        return GeneratorProfile.of(first)
 
-    def _generate(self, request: ChunkRequest) -> ChunkResult:
+    def _generate(self, request: ChunkRequest, stream=None) -> ChunkResult:
         try:
-            return self._generator.generate(request)
+            return self._instances.generate(request, stream)
         except Exception as exc:  # noqa: BLE001 - any generator bug fails this chunk only
             raise GeneratorFailed(describe(exc)) from exc
 
+    def _forget(self, stream) -> None:
+        if self._instances is not None:
+            self._instances.forget(stream)
+
     def _close(self) -> None:
-        if self._generator is not None:
-            self._generator.close()
-            self._generator = None
+        if self._instances is not None:
+            self._instances.close()
+            self._instances = None
 
     async def start(self) -> GeneratorProfile:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._build)
 
-    async def generate(self, request: ChunkRequest) -> ChunkResult:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request)
+    async def generate(self, request: ChunkRequest, stream=None) -> ChunkResult:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request, stream)
+
+    async def forget(self, stream) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._forget, stream)
 
     @property
     def alive(self) -> bool:
@@ -173,10 +189,11 @@ def quiet_child() -> None:
     os.nice(WORKER_NICENESS)
 
 
-def serve_requests(conn, generate, idle=None, idle_seconds: float = 30.0) -> None:
-    """Answer the parent's chunk requests with ``generate`` until told to stop (or the pipe closes).
-    Frames come and go through the parent's shared-memory segments (streaming/sharedframes.py).
-    ``idle`` is called every ``idle_seconds`` without a request."""
+def serve_requests(conn, generate, idle=None, idle_seconds: float = 30.0, forget=None) -> None:
+    """Answer the parent's chunk requests with ``generate(request, stream)`` until told to stop (or the
+    pipe closes); ``forget(stream)`` when the parent says a stream has ended. Frames come and go through
+    the parent's shared-memory segments (streaming/sharedframes.py). ``idle`` is called every
+    ``idle_seconds`` without a request."""
     segments = AttachedSegments()
     try:
         while True:
@@ -188,12 +205,16 @@ def serve_requests(conn, generate, idle=None, idle_seconds: float = 30.0) -> Non
                 break
             if request is None:
                 break
-            request, frames_in, frames_out = request
+            if request[0] == "forget":
+                if forget is not None:
+                    forget(request[1])
+                continue
+            _, stream, request, frames_in, frames_out = request
             segments.forget_except({slot.name for slot in (frames_in, frames_out) if slot is not None})
             if frames_in is not None:
                 request.source_frames = segments.view(frames_in)
             try:
-                result = generate(request)
+                result = generate(request, stream)
             except Exception as exc:  # noqa: BLE001 - one chunk fails, the worker goes on
                 conn.send(("raised", describe(exc)))
                 continue
@@ -207,26 +228,35 @@ def serve_requests(conn, generate, idle=None, idle_seconds: float = 30.0) -> Non
         segments.forget_except(set())
 
 
-def _child_main(conn, spec: GeneratorSpec) -> None:
+def _child_main(conn, spec: GeneratorSpec, per_stream: bool = False) -> None:
     """The worker process: build the generator, then answer requests until told to stop."""
     quiet_child()
+    bound_heap()  # a host outlives the sessions it serves: their frames must not fragment its heap
     try:
         generator = spec.build()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("failed", describe(exc)))
         return
     conn.send(("ready", GeneratorProfile.of(generator)))
+    instances = Instances(generator, spec.build, per_stream)
+
+    def forget(stream) -> None:
+        instances.forget(stream)
+        release_free_heap()
+
     try:
-        serve_requests(conn, generator.generate)
+        serve_requests(conn, instances.generate, forget=forget)
     finally:
-        generator.close()
+        instances.close()
 
 
 class ProcessWorker:
-    """One generator instance in a child process (spawned: no inherited locks, CUDA-safe)."""
+    """The generator's instances (one, or one per stream) in a child process (spawned: no inherited
+    locks, CUDA-safe)."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GeneratorSpec, per_stream: bool = False) -> None:
         self.spec = spec
+        self.per_stream = per_stream
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gen-{spec.name}-io")
         self._process: multiprocessing.Process | None = None
         self._conn = None
@@ -270,7 +300,7 @@ class ProcessWorker:
     def _start(self) -> GeneratorProfile:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(child, self.spec), daemon=True,
+        self._process = context.Process(target=_child_main, args=(child, self.spec, self.per_stream), daemon=True,
                                         name=f"livedub-{self.spec.name}")
         self._process.start()
         child.close()
@@ -281,7 +311,7 @@ class ProcessWorker:
             raise GeneratorFailed(f"{self.spec.name} could not be built: {payload}")
         return payload
 
-    def _generate(self, request: ChunkRequest) -> ChunkResult:
+    def _generate(self, request: ChunkRequest, stream=None) -> ChunkResult:
         lost = self._lost()
         if lost is not None:  # found dead while idle: fail fast, the pool restarts it
             raise WorkerDied(lost)
@@ -291,7 +321,7 @@ class ProcessWorker:
             request = dataclasses.replace(request, source_frames=None)
         frames_out = self._frames_out.reserve((request.num_new, *request.size, 3))
         try:
-            self._conn.send((request, frames_in, frames_out))
+            self._conn.send(("chunk", stream, request, frames_in, frames_out))
         except (OSError, ValueError) as exc:
             raise WorkerDied(f"{self.spec.name} worker process is gone ({describe(exc)})") from None
         kind, payload = self._receive(None)
@@ -301,6 +331,13 @@ class ProcessWorker:
         if written:
             result.frames = self._frames_out.view(frames_out).copy()
         return result
+
+    def _forget(self, stream) -> None:
+        if self._process is not None and self._process.is_alive():
+            try:
+                self._conn.send(("forget", stream))
+            except (OSError, ValueError):
+                pass  # gone: a restarted process has no instances to forget
 
     def _stop(self) -> None:
         if self._process is None:
@@ -330,8 +367,11 @@ class ProcessWorker:
         await loop.run_in_executor(self._executor, self._stop)
         return await loop.run_in_executor(self._executor, self._start)
 
-    async def generate(self, request: ChunkRequest) -> ChunkResult:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request)
+    async def generate(self, request: ChunkRequest, stream=None) -> ChunkResult:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, request, stream)
+
+    async def forget(self, stream) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._forget, stream)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._release)
@@ -347,6 +387,7 @@ class CpuSlots:
     def __init__(self, count: int) -> None:
         if count < 1:
             raise ValueError("at least one CPU slot")
+        self.count = count
         self._free = count
         self._waiting: list[tuple[float, int, asyncio.Future]] = []
         self._order = itertools.count()
@@ -379,6 +420,7 @@ class _Job:
     order: int
     request: ChunkRequest = dataclasses.field(compare=False)
     future: asyncio.Future = dataclasses.field(compare=False)
+    stream: object = dataclasses.field(default=None, compare=False)
 
 
 class GeneratorPool:
@@ -386,15 +428,17 @@ class GeneratorPool:
 
     def __init__(self, spec: GeneratorSpec, workers: int = 1, mode: str = "thread", queue_limit: int = 8,
                  clock=time.monotonic, cpu_slots: CpuSlots | None = None, group=None,
-                 executor: concurrent.futures.Executor | None = None) -> None:
+                 executor: concurrent.futures.Executor | None = None, per_stream: bool = False) -> None:
         """``group``: a streaming.group.GroupLayout; the pool's one worker is then a process group.
-        ``executor``: where thread workers run (tests on a virtual clock run them inline)."""
+        ``executor``: where thread workers run (tests on a virtual clock run them inline).
+        ``per_stream``: each stream (session) runs on an instance of its own in the worker."""
         if mode not in WORKER_MODES:
             raise InputError(f"bad worker mode {mode!r}: accepted are {', '.join(WORKER_MODES)}")
         if workers < 1:
             raise InputError(f"bad worker count {workers}: accepted is a whole number >= 1")
         self.spec = spec
         self.mode = mode
+        self.per_stream = per_stream and group is None
         self._clock = clock
         self._cpu_slots = cpu_slots
         if group is not None:
@@ -404,8 +448,10 @@ class GeneratorPool:
                 raise InputError("a process group is one worker of its own: workers=1, mode=process")
             self._workers = [GroupWorker(spec, group)]
         else:
-            self._workers = [ThreadWorker(spec, executor) if mode == "thread" else ProcessWorker(spec)
-                             for _ in range(workers)]
+            if per_stream and workers != 1:
+                raise InputError("a per-stream pool has one worker: a stream's state lives in it")
+            self._workers = [ThreadWorker(spec, executor, per_stream) if mode == "thread"
+                             else ProcessWorker(spec, per_stream) for _ in range(workers)]
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=queue_limit)
         self._order = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -432,14 +478,24 @@ class GeneratorPool:
         self._tasks = [asyncio.create_task(self._serve(w), name=f"pool-{self.name}") for w in self._workers]
         return self.profile
 
-    async def run(self, request: ChunkRequest, deadline: float) -> ChunkResult:
-        """The generator's result for ``request``; raises GeneratorFailed, WorkerDied, PoolBusy or Expired."""
+    async def run(self, request: ChunkRequest, deadline: float, stream=None) -> ChunkResult:
+        """The generator's result for ``request`` of ``stream`` (None: a warm-up's, or any); raises
+        GeneratorFailed, WorkerDied, PoolBusy or Expired."""
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(deadline, next(self._order), request, future))
+            self._queue.put_nowait(_Job(deadline, next(self._order), request, future, stream))
         except asyncio.QueueFull:
             raise PoolBusy(f"{self.name}: {self._queue.maxsize} chunks already queued") from None
         return await future
+
+    def stream(self, key) -> "PoolStream":
+        """Session ``key``'s view of this pool (its own instance in a per-stream pool)."""
+        return PoolStream(self, key)
+
+    async def forget(self, stream) -> None:
+        """Stream ``stream`` has ended: a per-stream pool closes its instance."""
+        if self.per_stream and stream is not None:
+            await asyncio.gather(*(w.forget(stream) for w in self._workers), return_exceptions=True)
 
     @property
     def queued(self) -> int:
@@ -472,17 +528,32 @@ class GeneratorPool:
                 job.future.set_result(result)
 
     async def _generate(self, worker, job: _Job) -> ChunkResult:
-        if self._cpu_slots is not None:
-            await self._cpu_slots.acquire(job.deadline)
+        if self._cpu_slots is not None and not await self._acquire(job):
+            raise Expired(f"chunk {job.request.index} was given up")
         try:
             if job.future.done():
                 raise Expired(f"chunk {job.request.index} was given up")
             if self._clock() > job.deadline:
                 raise Expired(f"chunk {job.request.index} waited past its deadline")
-            return await worker.generate(job.request)
+            return await worker.generate(job.request, job.stream)
         finally:
             if self._cpu_slots is not None:
                 self._cpu_slots.release()
+
+    async def _acquire(self, job: _Job) -> bool:
+        """A CPU slot for ``job``; False when the job is given up first (a warm-up cancelled because its
+        session's first chunk is ready must not keep the worker, and that chunk, waiting for a slot)."""
+        acquiring = asyncio.ensure_future(self._cpu_slots.acquire(job.deadline))
+        await asyncio.wait((acquiring, job.future), return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():
+            acquiring.cancel()
+            await asyncio.gather(acquiring, return_exceptions=True)
+        if acquiring.cancelled():
+            return False  # CpuSlots passes a slot granted during the cancellation on
+        if job.future.done():
+            self._cpu_slots.release()
+            return False
+        return True
 
     async def _restart(self, worker: ProcessWorker, failures: int) -> int:
         """Restart a dead worker process, waiting longer after each failure; never gives up."""
@@ -512,3 +583,37 @@ class GeneratorPool:
 def _settle(future: asyncio.Future, exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+class PoolStream:
+    """One session's view of a pool: its chunks (and warm-up) run on its own instance in a per-stream
+    pool, on the one instance otherwise. Closing it closes that instance, never the pool."""
+
+    def __init__(self, pool: GeneratorPool, key) -> None:
+        self.pool = pool
+        self.key = key
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+    @property
+    def profile(self) -> GeneratorProfile | None:
+        return self.pool.profile
+
+    @property
+    def mode(self) -> str:
+        return self.pool.mode
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self.pool.worker_pids
+
+    async def run(self, request: ChunkRequest, deadline: float) -> ChunkResult:
+        return await self.pool.run(request, deadline, self.key)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.pool.forget(self.key)

@@ -120,6 +120,13 @@ async def start_server(folder: str, **settings):
     return server
 
 
+def generator_state(manager) -> dict:
+    """Each started generator pool, and the sessions on each of its hosts: what a refused request must
+    leave as it was (no pool started, no session's place taken)."""
+    return {name: (id(pool), tuple(pool.sessions()) if hasattr(pool, "sessions") else None)
+            for name, pool in manager._pools.items()}
+
+
 def control_url(server) -> str:
     return server.url.replace("http://", "ws://") + "control"
 

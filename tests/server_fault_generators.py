@@ -59,6 +59,25 @@ class ColdGenerator(PassthroughGenerator):
         return result
 
 
+class CountingGenerator(PassthroughGenerator):
+    """Counts its chunks (its per-stream state): ``info["calls"]`` is this instance's count so far."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, request: ChunkRequest) -> ChunkResult:
+        self.calls += 1
+        result = super().generate(request)
+        result.info["calls"] = self.calls
+        return result
+
+
+def build_counting(**options) -> CountingGenerator:
+    return CountingGenerator()
+
+
 def build_cold(**options) -> ColdGenerator:
     return ColdGenerator(**options)
 
@@ -80,4 +99,5 @@ REGISTRY = {
     "raising_first": (__name__, "build_raising_first", "raises on the first chunk"),
     "slow": (__name__, "build_slow", "sleeps per chunk"),
     "cold": (__name__, "build_cold", "slow on its first chunk only"),
+    "counting": (__name__, "build_counting", "counts its chunks per instance"),
 }

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 
-from _server_support import control_url, start_server
+from _server_support import control_url, generator_state, start_server
 from server.config import build_config
 from server.offers import OfferError, check_offer
 from streaming.errors import InputError
@@ -78,7 +78,7 @@ async def test_each_malformed_offer_gets_a_named_400_before_any_session(tmp_path
     offer = await whip_offer()
     check_offer(offer, "whip")  # the unmutated offer passes
     server = await start_server(str(tmp_path / "sources"), token=TOKEN)
-    spare = server.manager._spare
+    generators = generator_state(server.manager)
     try:
         async with aiohttp.ClientSession() as http:
             for name, (mutate, named) in MALFORMED.items():
@@ -88,7 +88,7 @@ async def test_each_malformed_offer_gets_a_named_400_before_any_session(tmp_path
                 async with http.post(server.url + "whip?source=red", data=bad, headers=SDP) as r:
                     body = await r.json()
                 assert r.status == 400 and body["error"] == "bad_offer" and named in body["message"], (name, body)
-                assert server.manager.sessions == {} and server.manager._spare is spare, name
+                assert server.manager.sessions == {} and generator_state(server.manager) == generators, name
     finally:
         await server.stop()
 
@@ -156,8 +156,7 @@ async def test_rejected_requests_take_no_worker_and_start_no_process(tmp_path, l
     server = await start_server(str(tmp_path / "sources"), token=TOKEN)
     offer = await whip_offer()
     manager = server.manager
-    await manager._spare[0]  # the spare worker is ready: a session would take it
-    spare = manager._spare
+    generators = generator_state(manager)  # the default generator's hosts are ready: a session would take a place
     try:
         async with aiohttp.ClientSession() as http:
             for query, status, code in (("delay=0.1", 400, "bad_request"), ("delay=nan", 400, "bad_request"),
@@ -167,7 +166,7 @@ async def test_rejected_requests_take_no_worker_and_start_no_process(tmp_path, l
                 async with http.post(server.url + f"whip?source=red&{query}", data=offer, headers=SDP) as r:
                     body = await r.json()
                 assert (r.status, body["error"]) == (status, code), (query, body)
-                assert manager._spare is spare and manager.sessions == {}, query
+                assert generator_state(manager) == generators and manager.sessions == {}, query
                 assert not multiprocessing.active_children() and "infinitetalk" not in manager._pools
             async with http.ws_connect(control_url(server), headers=AUTH) as ws:
                 await ws.send_json({"op": "create", "source": "red", "delay": 0.2})
@@ -175,7 +174,7 @@ async def test_rejected_requests_take_no_worker_and_start_no_process(tmp_path, l
                 await ws.send_json({"op": "create", "source": "red", "generator": "infinitetalk"})
                 reply = await ws.receive_json(timeout=10)
                 assert reply["code"] == "generator_unavailable" and "--weights" in reply["message"]
-        assert manager._spare is spare and not multiprocessing.active_children()
+        assert generator_state(manager) == generators and not multiprocessing.active_children()
     finally:
         await server.stop()
 

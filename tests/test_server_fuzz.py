@@ -27,7 +27,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _server_support import speech_48k, start_server
+from _server_support import generator_state, speech_48k, start_server
 from client.webrtc import Publisher, SpeechTrack, Viewer
 from server.control import OPS
 from server.lockout import AuthLockout
@@ -115,7 +115,7 @@ class Rig:
         self.session = self.server.manager.get(self.session_id)
         self.viewer = Viewer(self.http, self._sink, TOKEN)
         await self.viewer.watch(f"{self.base}/whep/{self.session_id}")
-        self.spare = self.server.manager._spare  # a rejected request must leave it where it is
+        self.generators = generator_state(self.server.manager)  # a rejected request must leave them as they are
         self.control = await self._connect()
 
     def _sink(self, kind, frame, arrival) -> None:
@@ -246,9 +246,9 @@ def assert_envelope(status: int, payload, codes=HTTP_CODES) -> str:
 
 
 def assert_unharmed(rig: Rig, health: dict, log_start: int) -> None:
-    """Still one session (the one beside), its spare worker untouched, no process, nothing bad logged."""
+    """Still one session (the one beside), the generator pools as they were, no process, nothing bad logged."""
     assert health["status"] == "ok" and health["sessions"] == 1, health
-    assert rig.server.manager._spare is rig.spare
+    assert generator_state(rig.server.manager) == rig.generators
     assert not multiprocessing.active_children()
     assert rig.records.problems_since(log_start) == []
 

@@ -29,13 +29,14 @@ def manager_of(tmp_path, monkeypatch):
     write_still(str(folder / "red.png"), (200, 30, 30))
     made = []
 
-    def make(default: str, delay: float = 1.0, **declared: ServingNeeds) -> SessionManager:
+    def make(default: str, delay: float = 1.0, plan: ChunkPlan = ChunkPlan(window=9, context=3),
+             **declared: ServingNeeds) -> SessionManager:
         for name, needs in declared.items():
             if name not in GENERATORS:  # a name only declared here builds the passthrough generator
                 monkeypatch.setitem(GENERATORS, name, PASSTHROUGH)
             monkeypatch.setitem(SERVING, name, needs)
         config = ServerConfig(sources=str(folder), generator=default, delay=delay, size=(64, 64))
-        manager = SessionManager(config, SourceLibrary(str(folder)), plan=ChunkPlan(window=9, context=3))
+        manager = SessionManager(config, SourceLibrary(str(folder)), plan=plan)
         made.append(manager)
         return manager
 
@@ -60,19 +61,21 @@ async def test_a_shared_generator_serves_every_session_from_one_pool(manager_of)
     try:
         first = await manager.create("red")
         second = await manager.create("red")
-        assert first.pool is second.pool and first.pool.mode == "thread"
+        assert first.pool.pool is second.pool.pool and first.pool.mode == "thread"
+        assert not first.pool.pool.per_stream  # one instance, whichever session asks
         assert first.fallback_pool is None
     finally:
         await manager.close()
 
 
-async def test_a_per_session_generator_gets_its_own_pool_and_its_declared_fallback(manager_of):
+async def test_a_per_session_generator_gets_its_own_stream_and_its_declared_fallback(manager_of):
     manager = manager_of("own", own=ServingNeeds(worker="thread", fallback="cheap", warm_up=False),
                          cheap=ServingNeeds(worker="thread", warm_up=False))
     try:
         first = await manager.create("red")
         second = await manager.create("red")
-        assert first.pool is not second.pool
+        hosts = manager._pools["own"]
+        assert first.pool.key != second.pool.key and sum(hosts.sessions()) == 2  # an instance each, hosted
         assert first.loop.engine.source is second.loop.engine.source  # one programme, decoded once
         assert first.fallback_pool is not None and first.fallback_pool.mode == "thread"
         assert [t.name for t in first.scheduler.tiers][-1] == "fallback"
@@ -100,7 +103,8 @@ def fault_registry(monkeypatch):
 
 async def test_a_session_warms_its_generator_before_its_first_chunk_and_starts_from_the_warm_cost(
         manager_of, fault_registry):
-    manager = manager_of("cold", cold=ServingNeeds(worker="thread"))
+    # Chunk 0 (25 frames) is ready 1.06 s in: time for the cold run (0.5 s) and the warm one.
+    manager = manager_of("cold", delay=2.0, plan=ChunkPlan(window=25, context=3), cold=ServingNeeds(worker="thread"))
     try:
         session = await manager.create("red")
         ok = await _until(lambda: session.warm_up is not None)
@@ -110,6 +114,28 @@ async def test_a_session_warms_its_generator_before_its_first_chunk_and_starts_f
         full = session.scheduler.tiers[0]
         assert session.scheduler.measured(full) and session.scheduler.estimate(full) < 0.5
         assert manager.warm_cost("cold") == session.warm_up.warm
+    finally:
+        await manager.close()
+
+
+async def test_a_warm_up_still_waiting_gives_way_to_chunk_0_which_starts_from_the_known_warm_cost(
+        manager_of, fault_registry):
+    """Sessions started together queue their warm-ups behind each other's chunks: a warm-up that has not
+    run by the time chunk 0 is ready is dropped (it must not keep the host, or chunk 0, waiting for a CPU
+    slot), and the scheduler starts from the warm cost measured at start-up."""
+    manager = manager_of("slow", delay=2.0, slow=ServingNeeds(worker="thread"))
+    manager.config = dataclasses.replace(manager.config, generator_options=(("seconds", 0.02),))
+    try:
+        await manager.prepare()
+        known = manager.warm_cost("slow")
+        await manager.cpu_slots.acquire(deadline=0.0)  # another session's chunk holds the one CPU slot
+        session = await manager.create("red")
+        full = session.scheduler.tiers[0]
+        assert await _until(lambda: session.scheduler.measured(full)), "chunk 0 never became ready"
+        assert session.warm_up is None and session.scheduler.estimate(full) == known
+        manager.cpu_slots.release()
+        assert await _until(lambda: session.counts["generated"] + session.counts["late"] > 0)
+        assert session.counts["generated"] == 1 and session.counts["late"] == 0  # chunk 0 was not held up
     finally:
         await manager.close()
 

@@ -143,7 +143,7 @@ print(mapped_for_a_frame())
 def test_the_server_keeps_frame_buffers_out_of_the_heap_arenas(tmp_path):
     """Over churn the idle server's RSS crept up by about 0.3 MiB a session while nothing of a session
     survived: glibc's dynamic mmap threshold had moved frame-sized buffers into the arenas, which
-    fragmented (server/heap.py). The server fixes the threshold when it starts: after that, a 1 MiB
+    fragmented (streaming/heap.py). The server fixes the threshold when it starts: after that, a 1 MiB
     buffer is an mmap of its own even after an 8 MiB one was freed (before, it came from an arena)."""
     if not hasattr(ctypes.CDLL(None), "mallinfo2"):
         pytest.skip("not glibc 2.33 or later: no mallinfo2 to read the heap's mmaps with")

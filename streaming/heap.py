@@ -1,4 +1,4 @@
-"""Keeping the server's heap from growing with session churn (glibc's allocator).
+"""Keeping the server's heap, and its host workers', from growing with session churn (glibc's allocator).
 
 A session's media work runs in many threads (aiortc's codecs, the session's own thread, executors), and
 glibc gives threads allocation arenas of their own. Two things made the idle server's RSS creep up over
@@ -14,6 +14,9 @@ hours of churn (208 -> 307 MiB over 350 sessions, while nothing of an ended sess
   mmaps, freed straight back, and the arenas hold only small objects (30 sessions: 49 -> 62 MiB).
 - pages freed inside an arena stay mapped until trimmed: ``release_free_heap`` (glibc's ``malloc_trim``)
   runs once a session has ended.
+
+A host worker (streaming/hosts.py) outlives the sessions it serves, so it does the same: it bounds its heap
+when it starts and trims it when a session's instance is closed.
 
 Elsewhere than glibc (musl, macOS) both do nothing. A ``MALLOC_MMAP_THRESHOLD_`` set in the environment
 is the operator's choice and is left alone.
