@@ -140,6 +140,22 @@ def _stat(pid: int) -> list[str]:
         return handle.read().rsplit(")", 1)[1].split()
 
 
+def server_rss_mib(pid: int) -> float:
+    """Resident memory of the server and its worker processes, MiB."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(entry) != pid and int(_stat(int(entry))[1]) != pid:
+                continue
+            with open(f"/proc/{entry}/status") as handle:
+                total += int(handle.read().split("VmRSS:")[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return total / 1024
+
+
 def server_cpu_seconds(pid: int) -> float:
     """CPU time of the server and its worker processes (live ones, and those it has waited for)."""
     total = 0.0
@@ -259,7 +275,16 @@ def percentiles(values) -> str:
 
 async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
     cpu0, own0, wall0 = server_cpu_seconds(pid), time.process_time(), time.monotonic()
+    idle_rss, peak_rss = server_rss_mib(pid), [0.0]
+
+    async def sample_rss() -> None:
+        while True:
+            peak_rss[0] = max(peak_rss[0], server_rss_mib(pid))
+            await asyncio.sleep(1.0)
+
+    sampler = asyncio.ensure_future(sample_rss())
     results = await asyncio.gather(*(one_session(base, i, args, speech, camera) for i in range(sessions)))
+    sampler.cancel()
     wall = time.monotonic() - wall0
     cpu, own = (server_cpu_seconds(pid) - cpu0) / wall, (time.process_time() - own0) / wall
     audio = [d for r in results for d in r["audio_delays"]]
@@ -296,6 +321,8 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
         print(f"{args.extra_viewers} more viewers per session (counting frames, not decoding): fps min "
               f"{min(fps_extra):.2f}, median {np.median(fps_extra):.2f}; their process's CPU "
               f"{', '.join(str(round(e['cpu'] * 100)) + '%' for e in extra)}")
+    print(f"server memory (with its worker processes): {idle_rss:.0f} MiB before, peak {peak_rss[0]:.0f} MiB "
+          f"({(peak_rss[0] - idle_rss) / sessions:.0f} MiB per session)")
     print(f"load average while it ran: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "
           f"tiers {[r['tiers'] for r in results]}; cost per chunk (mean, submission to result) {costs}")
