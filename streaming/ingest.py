@@ -1,7 +1,8 @@
 """Live speech ingest: received audio frames placed on the session clock in two bounded ring buffers.
 
 Sample ``i`` of a ring was captured at session time ``i / rate`` (see streaming/timeline.py). Frames are
-placed by their timestamps, anchored once to the arrival time of the first frame, so network jitter does
+placed by their timestamps, anchored to the arrival time of the first frame (moved earlier during the
+first second if a later frame arrives earlier than that anchor says, then fixed), so network jitter does
 not move them and a gap in the sender's stream stays a gap (zeros). The playout ring keeps the speech as
 received at 48 kHz, in stereo (mono duplicated), at the sender's level (what viewers hear, delayed); the
 model ring keeps 16 kHz mono, loudness-normalised as it arrives (what generators get). Both keep only the
@@ -10,6 +11,7 @@ last ``capacity`` seconds: 40 s (the default buffer) is 15.4 MB of playout and 2
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -23,6 +25,14 @@ PLAYOUT_CHANNELS = 2  # WebRTC's Opus is stereo on the wire: a stereo sender sta
 # A frame whose timestamp places it further than this from its arrival re-anchors the stream (a sender
 # that restarted its timestamps, or a stall that outlasted the jitter buffer).
 REANCHOR_SECONDS = 0.5
+# The first frame can arrive late (six sessions starting at once kept the event loop busy 30-110 ms), and
+# an anchor taken from it would add that wait to the whole session's delay. For this long after anchoring
+# (arrival seconds), a frame whose arrival puts the anchor earlier moves it, and what was placed, back.
+# A second covers such start-up stalls several times over, with about 50 frames, most on time, to find
+# the earliest; after it the anchor is fixed, so generators never see placed speech move.
+SETTLE_SECONDS = 1.0
+# Below this, an earlier arrival is jitter and not worth moving placed audio for.
+SETTLE_TOLERANCE = 0.005
 # aiortc's receiver holds 4 audio packets (80 ms) in its jitter buffer before it releases the first
 # (video: none), so speech reaches us that much after it was captured: placed by arrival minus this, it
 # lines up with live video frames captured at the same instant.
@@ -32,6 +42,9 @@ MAX_GAIN_DB = 24.0
 # The model ring follows the resampler's output count; it re-synchronises to the timestamps when they
 # disagree by more than the resampler's own delay could explain (30 ms).
 MODEL_SLACK = AUDIO_RATE * 3 // 100
+# Settling moves both rings by whole model samples, so each stays exact: that many playout samples per one.
+PLAYOUT_PER_MODEL = PLAYOUT_RATE // AUDIO_RATE
+assert PLAYOUT_RATE == PLAYOUT_PER_MODEL * AUDIO_RATE
 
 
 class SampleRing:
@@ -91,6 +104,24 @@ class SampleRing:
             out[:, lo - first + head : hi - first] = self._data[:, : count - head]
         return out[0] if self.channels == 1 else out
 
+    def move_back(self, first: int, count: int) -> None:
+        """Move the samples ``[first, end)`` to ``[first - count, end - count)``; the ring ends ``count``
+        earlier. What was at ``[first - count, first)`` is overwritten."""
+        if count <= 0:
+            return
+        if first - count < 0:
+            raise ValueError(f"cannot move samples from {first} back by {count}: indices start at 0")
+        lo = max(first, self.start)
+        moved = self.read(lo, self.end).reshape(self.channels, -1)
+        old_end = self.end
+        self.end -= count
+        # The freed slots also hold the ``count`` indices just above the new start: zeros there, not the
+        # moved tail's old copy (moved samples that belong there are put back just below).
+        freed = min(count, self.capacity)
+        self._put(old_end - freed, np.zeros((1, freed), np.float32))
+        if moved.shape[1]:
+            self._put(lo - count, moved)
+
 
 class LiveAudioIngest:
     """Turns received ``av.AudioFrame``s into the playout and model rings of one session."""
@@ -107,6 +138,11 @@ class LiveAudioIngest:
         self._to_model: av.AudioResampler | None = None
         self.frames_received = 0
         self.reanchors = 0
+        self.settled_seconds = 0.0  # how far settling moved the anchor earlier, all told
+        # Settling, for the current anchor: the arrival up to which it may move, where the anchored
+        # stream begins in each ring, and how far back each may go without overwriting earlier samples.
+        self._settle_until = float("-inf")
+        self._segment = _Segment(0, 0, 0, 0)
         self.last_arrival: float | None = None  # session seconds of the last frame's arrival
         self.ended_at: int | None = None  # model-ring index where the ingest ended, once it has
 
@@ -121,7 +157,10 @@ class LiveAudioIngest:
         if self._anchor is None or stamp is None or abs(self._anchor + stamp - arrival_index) > (
                 REANCHOR_SECONDS * PLAYOUT_RATE):
             stamp = stamp or 0
-            self._restart(arrival_index - stamp, arrival_index)
+            self._restart(arrival_index - stamp, arrival_index, arrival)
+        elif arrival <= self._settle_until and self._anchor - (arrival_index - stamp) > (
+                SETTLE_TOLERANCE * PLAYOUT_RATE):
+            self._settle(self._anchor - (arrival_index - stamp))  # only earlier: a later one is delay
         position = self._anchor + stamp
         layout = "mono" if frame.layout.nb_channels == 1 else "stereo"  # more than 2: FFmpeg's downmix
         if layout != self._playout_layout:  # by hand, not FFmpeg's upmix: that puts mono at -3 dB
@@ -141,7 +180,7 @@ class LiveAudioIngest:
         self.frames_received += 1
         self.last_arrival = arrival
 
-    def _restart(self, anchor: int, position: int) -> None:
+    def _restart(self, anchor: int, position: int, arrival: float) -> None:
         if self._anchor is not None:
             self.reanchors += 1
         self._anchor = anchor
@@ -149,11 +188,43 @@ class LiveAudioIngest:
         self._model_next = max(0, position) * AUDIO_RATE // PLAYOUT_RATE
         self._playout_layout = ""  # made for the next frame's channels
         self._to_model = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        # A re-anchor may be late for the same reasons as the first frame, so it settles too, but never
+        # back over what the previous anchor placed.
+        self._settle_until = arrival + SETTLE_SECONDS
+        self._segment = _Segment(position, self.playout.end, self._model_next, self.model.end)
+
+    def _settle(self, earlier: int) -> None:
+        """Move the anchor ``earlier`` playout samples back (rounded down to whole model samples), and
+        the stream placed since anchoring with it: nothing received is lost or doubled."""
+        segment = self._segment
+        steps = min(earlier // PLAYOUT_PER_MODEL, (segment.playout - segment.playout_floor) // PLAYOUT_PER_MODEL,
+                    segment.model - segment.model_floor)
+        if steps <= 0:
+            return
+        back = steps * PLAYOUT_PER_MODEL
+        self.playout.move_back(segment.playout, back)
+        self.model.move_back(segment.model, steps)
+        self._segment = _Segment(segment.playout - back, segment.playout_floor, segment.model - steps,
+                                 segment.model_floor)
+        self._anchor -= back
+        self._model_next -= steps
+        self.settled_seconds += back / PLAYOUT_RATE
 
     def end(self) -> None:
         """The sender is gone: what arrived so far is the whole speech."""
         if self.ended_at is None:
             self.ended_at = self.model.end
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Where the current anchor's stream begins in each ring, and the lowest index a settle may reach
+    (each ring's end when it was anchored)."""
+
+    playout: int
+    playout_floor: int
+    model: int
+    model_floor: int
 
 
 def _stamp_in_samples(frame: av.AudioFrame) -> int | None:
