@@ -141,7 +141,8 @@ def _stat(pid: int) -> list[str]:
 
 
 def server_rss_mib(pid: int) -> float:
-    """Resident memory of the server and its worker processes, MiB."""
+    """Memory of the server and its worker processes, MiB: their proportional set sizes (a page shared
+    between them, the frames' shared-memory segments, counted once)."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -149,8 +150,8 @@ def server_rss_mib(pid: int) -> float:
         try:
             if int(entry) != pid and int(_stat(int(entry))[1]) != pid:
                 continue
-            with open(f"/proc/{entry}/status") as handle:
-                total += int(handle.read().split("VmRSS:")[1].split()[0])
+            with open(f"/proc/{entry}/smaps_rollup") as handle:
+                total += int(handle.read().split("\nPss:")[1].split()[0])
         except (OSError, IndexError):
             continue
     return total / 1024
@@ -321,7 +322,7 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
         print(f"{args.extra_viewers} more viewers per session (counting frames, not decoding): fps min "
               f"{min(fps_extra):.2f}, median {np.median(fps_extra):.2f}; their process's CPU "
               f"{', '.join(str(round(e['cpu'] * 100)) + '%' for e in extra)}")
-    print(f"server memory (with its worker processes): {idle_rss:.0f} MiB before, peak {peak_rss[0]:.0f} MiB "
+    print(f"server memory (PSS, with its worker processes): {idle_rss:.0f} MiB before, peak {peak_rss[0]:.0f} MiB "
           f"({(peak_rss[0] - idle_rss) / sessions:.0f} MiB per session)")
     print(f"load average while it ran: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"chunks late/skipped/failed: {late}; generated: {sum(r['chunks']['generated'] for r in results)}; "

@@ -221,6 +221,11 @@ class SessionManager:
                 self._warm_costs[spec.name] = measured.warm
                 log.info("generator %s warm: first chunk %.3f s cold, %.3f s warm", spec.name, measured.cold,
                          measured.warm)
+                del reference, request
+                # The clip decoded for the warm-up is freed (once the pool's loop has let go of the request):
+                # its pages go back to the OS (about 550 MiB at 512x512).
+                await asyncio.sleep(0)
+                await asyncio.get_running_loop().run_in_executor(None, release_free_heap)
         right = widest_margins(*(p for p in self._known_profiles(spec) if p is not None)).right
         try:
             check_delay(self.config.delay, self.plan, right, self.settings, self.warm_cost(spec.name))

@@ -504,6 +504,7 @@ class GeneratorPool:
     async def _serve(self, worker) -> None:
         failures = 0
         while True:
+            job = result = None  # an idle worker keeps no request's frames alive
             job = await self._queue.get()
             if job.future.done():  # the session gave up on it
                 continue

@@ -5,7 +5,9 @@ Counted with counting wrappers around the real mediapipe graphs (no timing)."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import cv2
 import numpy as np
@@ -76,8 +78,22 @@ def _clip(frames, made: list) -> SharedClip:
         made.append(CountingFaces(max_faces))
         return made[-1]
 
-    clip.analysis.of_clip = SourceAnalysis(clip, make_faces)
+    clip.analysis.of_clip = SourceAnalysis(weakref.proxy(clip), make_faces)
     return clip
+
+
+def test_a_shared_clip_is_freed_by_reference_counting_once_analysed(frames):
+    """No cycle between a clip and its analysis: its frames go back as its last session lets go."""
+    gc.collect()
+    gc.disable()
+    try:
+        clip = SharedClip([f.copy() for f in frames[:2]], False, 72)
+        assert clip.analysis.tracked(1) is not None  # the analysis has read the clip
+        gone = weakref.ref(clip)
+        del clip
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def _dub(engines: list[ChunkEngine], spoken) -> list[list[np.ndarray]]:
