@@ -20,14 +20,16 @@ GENERATORS: dict[str, tuple[str, str, str]] = {
 
 
 # name -> what the server needs to serve it; a name not listed (a test's generator) gets the defaults:
-# a CPU generator in a process of each session's own, warmed up on the session's source.
+# a CPU generator with an instance per session on the host worker processes, warmed up on the session's
+# source.
 SERVING: dict[str, ServingNeeds] = {
-    "lite": ServingNeeds(),
+    # It re-animates lips and jaw only: the face is all it needs, and the smallest region is the cheapest.
+    "lite": ServingNeeds(region="face", any_size=True),
     "infinitetalk": ServingNeeds(
         device="cuda", shared=True, shardable=True, fallback="lite",
         required_options=(("weights", "the infinitetalk generator needs --weights DIR (the official release "
                                       "layout; see README)"),)),
-    "passthrough": ServingNeeds(worker="thread", warm_up=False),  # nothing loaded lazily, next to no cost
+    "passthrough": ServingNeeds(worker="thread", warm_up=False, any_size=True),  # nothing lazy, next to no cost
     # One simulated machine shared by every session, so sessions queue for it as for a real GPU; it only
     # sleeps (a thread does), and its costs are the planner's priors (nothing to warm).
     "simulated": ServingNeeds(worker="thread", shared=True, warm_up=False),

@@ -34,6 +34,11 @@ class ServingNeeds:
     # (face analysis), and the second run measures the warm cost the scheduler starts from.
     warm_up: bool = True
     fallback: str | None = None  # a cheaper generator for the chunks this one cannot afford in time
+    # At an output size other than its own (--size source, or WxH): the region around the speaker it works
+    # on unless told ("face", "upper_body" or "full"), and whether it takes that region at the region's own
+    # pixels (any size) rather than resampled to a bucket size (streaming/region.py).
+    region: str = "upper_body"
+    any_size: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

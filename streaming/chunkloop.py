@@ -25,13 +25,14 @@ import numpy as np
 from model.base import AUDIO_RATE, FPS, AudioMargins, ChunkRequest, ChunkResult, Tier
 from model.errors import InputError
 from model.passthrough import unchanged_frames
+from model.registry import serving_needs
 from streaming.chunker import ChunkPlan, nearest_keyframe
 from streaming.clock import Clock, sleep_unless
 from streaming.composite import crop
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
 from streaming.livesource import FrameWindow, LiveVideoSource
-from streaming.region import ANY_SIZE_GENERATORS, RegionFinder, framing_info, nominal_work, whole_frame
+from streaming.region import RegionFinder, framing_info, nominal_work, whole_frame
 from streaming.regionsource import ComposedFrames, RegionSource
 from streaming.scheduler import Scheduler
 from streaming.speakers import LiveSpeakers
@@ -109,7 +110,7 @@ class ChunkLoop:
         self.live: LiveVideoSource | None = source if isinstance(source, LiveVideoSource) else None
         # An output size the generator does not work at: it sees a region around the speaker.
         self._region = None if settings.region is None else RegionFinder(
-            settings.region, any_size=self.profile.name in ANY_SIZE_GENERATORS)
+            settings.region, any_size=serving_needs(self.profile.name).any_size)
         self.engine = ChunkEngine(None, self.profile, plan, settings.keyframe_interval, settings.color_correction,
                                   settings.seed)
         if self.live is None:

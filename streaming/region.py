@@ -18,16 +18,14 @@ import numpy as np
 
 from model.frames import BUCKETS, bucket_size
 from model.lite.analysis import find_face
+from model.registry import serving_needs
 from streaming.errors import InputError
 
 REGIONS = ("face", "upper_body", "full")
-DEFAULT_REGION = "upper_body"  # face and shoulders: what a talking-head generator needs around the mouth
-# lite re-animates lips and jaw only: the face is all it needs, and the smallest region is the cheapest.
-GENERATOR_REGIONS = {"lite": "face"}
+# Each generator declares its default region (face and shoulders, "upper_body", unless it needs less) and
+# whether it works at any size (model/serving.py): those get the region at its own pixels (no resampling
+# round trip), up to the bucket's area; the others (a diffusion model trained on buckets) at the bucket size.
 BUCKET = 480  # the generator's bucket table for regions (its standard resolution)
-# Generators that work at any size get the region at its own pixels (no resampling round trip), up to the
-# bucket's area; the others (a diffusion model trained on buckets) get the region at the bucket size.
-ANY_SIZE_GENERATORS = ("lite", "passthrough")
 # Region shape in face-box units (width, height of the landmarks' box): margins left/right, above, below.
 SHAPES = {"face": (0.55, 0.6, 0.55), "upper_body": (1.4, 0.7, 1.8)}
 # Region aspect (bucket key, h/w) per kind: fixed, so the generator's size does not change with the face.
@@ -87,7 +85,7 @@ def framing_info(framing: Framing | None) -> dict:
 def region_option(generator: str, options: dict) -> tuple[str, dict]:
     """The ``region`` generator option (handled here, for any generator) and the generator's other options."""
     rest = dict(options)
-    region = str(rest.pop("region", GENERATOR_REGIONS.get(generator, DEFAULT_REGION))).strip().lower()
+    region = str(rest.pop("region", serving_needs(generator).region)).strip().lower()
     if region not in REGIONS:
         raise InputError(f"bad region {region!r}: accepted are {', '.join(REGIONS)}")
     return region, rest
@@ -223,7 +221,7 @@ def region_finder(size, generator: str, options: dict, frame: tuple[int, int],
         return None, dict(options)
     kind, rest = region_option(generator, options)
     # Two speakers: both faces must be in the generator's view; the whole frame has them.
-    return RegionFinder("full" if speakers > 1 else kind, frame, any_size=generator in ANY_SIZE_GENERATORS), rest
+    return RegionFinder("full" if speakers > 1 else kind, frame, any_size=serving_needs(generator).any_size), rest
 
 
 def session_region(size, region: str | None, generator: str) -> str | None:
@@ -232,4 +230,4 @@ def session_region(size, region: str | None, generator: str) -> str | None:
 
     if not isinstance(size, OutputSize):
         return None
-    return region or GENERATOR_REGIONS.get(generator, DEFAULT_REGION)
+    return region or serving_needs(generator).region
