@@ -184,3 +184,23 @@ async def test_sessions_on_one_source_share_its_decoded_frames(tmp_path):
     small = SourceCache(max_bytes=10 * 64 * 64 * 3)  # 10 frames: a 25-frame clip does not fit
     a, b = small.open(clip, (64, 64), 72), small.open(clip, (64, 64), 72)
     assert isinstance(a, VideoSource) and a is not b and small.decoded == 0
+
+
+def test_the_region_a_generator_works_on_comes_from_its_record(monkeypatch):
+    """At an output size of its own choosing, a generator gets the region its record names, at the
+    region's own pixels when it declares it works at any size (no generator names in streaming/)."""
+    from streaming.region import region_finder, session_region
+    from streaming.source import OutputSize
+
+    monkeypatch.setitem(SERVING, "tight", ServingNeeds(region="face", any_size=True))
+    assert session_region(OutputSize(), None, "tight") == "face"
+    assert session_region(OutputSize(), None, "never-declared") == "upper_body"
+    assert session_region(OutputSize(), "full", "tight") == "full"  # the operator's choice wins
+    assert session_region((480, 480), None, "tight") is None  # a size the generator works at: whole frames
+    tight, _ = region_finder(OutputSize(), "tight", {}, (1080, 1920))
+    bucketed, _ = region_finder(OutputSize(), "never-declared", {}, (1080, 1920))
+    try:
+        assert (tight.kind, tight.any_size, bucketed.kind, bucketed.any_size) == ("face", True, "upper_body", False)
+    finally:
+        tight.close()
+        bucketed.close()
