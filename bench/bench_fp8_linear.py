@@ -3,7 +3,8 @@
 the peak memory of converting the full 14B DiT (bf16 -> fp8) on the GPU.
 
 The 14B chunk benchmark found fp8 compute slower than bf16 on an H200 (DiT forward 1.88 s against 1.68 s):
-this separates the quantization (memory-bound) from the fp8 matrix product.
+this separates the quantization (memory-bound) from the fp8 matrix product. ``Fp8Linear`` on CUDA runs the
+compiled quantization (the "torch.compile" row); the eager rows show what it replaced.
 
     python bench/bench_fp8_linear.py            # CUDA, capability 8.9+
     python bench/bench_fp8_linear.py --smoke    # tiny shapes on the CPU, to check the script

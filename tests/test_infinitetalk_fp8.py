@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.infinitetalk import fp8 as fp8_module
-from model.infinitetalk.fp8 import FP8_MAX, Fp8Linear, _rowwise, convert_to_fp8_compute, fp8_compute_refusal
+from model.infinitetalk.fp8 import (FP8_MAX, Fp8Linear, _fused_rowwise, _rowwise, convert_to_fp8_compute,
+                                   fp8_compute_refusal)
 from streaming.errors import InputError
 
 # e4m3 keeps 3 mantissa bits: each value rounds by up to 2^-4 relative; over a dot product the errors
@@ -154,3 +155,20 @@ def test_conversion_frees_each_bf16_linear_as_it_goes(monkeypatch):
     assert convert_to_fp8_compute(model, prefix="") == 5
     assert alive_at_each_conversion == [5, 4, 3, 2, 1]  # the k-th conversion: the k-1 before it are gone
     assert all(ref() is None for ref in originals)
+
+
+@pytest.mark.gpu
+@fp8_gpu
+@pytest.mark.parametrize("width", [5120, 13824])
+def test_fused_quantization_on_cuda_matches_the_eager_one(width):
+    """The compiled quantization (what Fp8Linear runs on CUDA) computes the eager one's values and scales."""
+    x = torch.randn(300, width, device="cuda", dtype=torch.bfloat16) * torch.rand(300, 1, device="cuda") * 10
+    eager_values, eager_scale = _rowwise(x)
+    fused_values, fused_scale = _fused_rowwise()(x)
+    assert fused_values.dtype == torch.float8_e4m3fn and torch.allclose(fused_scale, eager_scale, rtol=1e-6)
+    fused, eager = fused_values.float(), eager_values.float()
+    assert torch.isfinite(fused).all()
+    # the compiled kernel rounds a few values to the neighbouring e4m3 value (3 mantissa bits: a step of at
+    # most 1/8 of the value, 2^-9 near zero); first seen on an H200 as a relative difference of 1.4e-3
+    assert ((fused - eager).abs() <= torch.maximum(fused.abs(), eager.abs()) / 8 + 2.0 ** -9).all()
+    assert (fused != eager).float().mean() < 0.01
