@@ -97,6 +97,8 @@ class SessionManager:
         self._profiles: dict[str, GeneratorProfile] = {}
         self._unbuildable: dict[str, str] = {}
         self._warm_costs: dict[str, float] = {}  # generator -> warm chunk seconds measured at start-up
+        # (generator, source) -> the same, for the source it was measured on (whole frames only)
+        self._source_warm_costs: dict[tuple[str, str], float] = {}
         self._origins: dict[str, float] = {}  # session -> its clock origin, from its creation on
         self.sources = SourceCache()  # sessions on one library source share its decoded frames
         # The operator's live programme sources: read from start-up on, shared by the sessions on them.
@@ -192,6 +194,14 @@ class SessionManager:
         known = self._warm_costs.get(name)
         return min(costs + ([known] if known is not None else []), default=None)
 
+    def source_warm_cost(self, name: str, source: str, region: str | None) -> float | None:
+        """The warm chunk cost of generator ``name`` measured on ``source`` (at start-up, or by a session on
+        it), as a session with ``region`` would have it; None when not measured so."""
+        costs = [s.warm_up.warm for s in self.sessions.values() if s.warm_up is not None
+                 and (s.profile.name, s.source_name, s.settings.region) == (name, source, region)]
+        known = self._source_warm_costs.get((name, source)) if region is None else None
+        return min(costs + ([known] if known is not None else []), default=None)
+
     async def delay_limits(self, generator: str | None = None) -> dict:
         """The delays a session of ``generator`` accepts: ``exact`` once the generator's audio lookahead is
         known (it has started), else the lowest any generator could accept."""
@@ -219,6 +229,8 @@ class SessionManager:
                 for target in pool.pools if isinstance(pool, GeneratorHosts) else [pool]:
                     measured = await warm_up(target, request, time.monotonic)
                 self._warm_costs[spec.name] = measured.warm
+                if session_region(self.config.size, None, spec.name) is None:  # measured on whole frames
+                    self._source_warm_costs[(spec.name, reference[2])] = measured.warm
                 log.info("generator %s warm: first chunk %.3f s cold, %.3f s warm", spec.name, measured.cold,
                          measured.warm)
                 del reference, request
@@ -234,8 +246,8 @@ class SessionManager:
         return spec.name
 
     async def _any_reference(self):
-        """The first frame of the library's first source at the output size, and its first window's
-        frames when it moves (None: an empty library)."""
+        """The first frame of the library's first source at the output size, its first window's frames
+        when it moves, and its name (None: an empty library)."""
         names = sorted(self.library.names())
         if not names:
             return None
@@ -250,7 +262,7 @@ class SessionManager:
             framing = whole_frame(reference.shape[:2])
             reference = crop(reference, framing)
             frames = None if frames is None else np.stack([crop(image, framing) for image in frames])
-        return reference, frames
+        return reference, frames, names[0]
 
     async def _session_streams(self, name: str | None, session_id: str) -> tuple[PoolStream, PoolStream | None]:
         """The session's stream on its generator's pool, and on its declared fallback's (a cheaper
@@ -319,9 +331,13 @@ class SessionManager:
             # was warmed at start-up and serves other sessions' chunks meanwhile).
             # Events are typed up to here; listeners (control, MQTT) get them as JSON-ready dicts.
             emit = functools.partial(self._emit_event, session_id)
+            # A session's own instance is warmed on its source, unless its cost there is known already: the
+            # host is warm from start-up, and the warm-up would only take the host from other sessions'
+            # chunks (six sessions started together queue twelve warm-up runs).
+            known = self.source_warm_cost(pool.profile.name, name, settings.region)
             session = LiveSession(session_id, media, name, pool, settings, emit, plan=self.plan,
-                                  fallback_pool=fallback, warm=needs.warm_up and not needs.shared,
-                                  warm_cost=self.warm_cost(pool.profile.name),
+                                  fallback_pool=fallback, warm=needs.warm_up and not needs.shared and known is None,
+                                  warm_cost=known if known is not None else self.warm_cost(pool.profile.name),
                                   origin=self._spread_origin(session_id, settings))
             await session.start()
         except BaseException:

@@ -130,6 +130,8 @@ class ChunkLoop:
         self._warm = warm  # run a warm-up chunk on the source before the first real one
         self._warm_cost = warm_cost  # the generator's warm cost measured elsewhere, if known
         self.warm_up: WarmUp | None = None
+        if not warm:
+            self._start_from_known_cost()
 
     def release(self) -> None:
         """The session has ended: drop the callbacks into it (reference counting then frees both)."""
@@ -179,8 +181,13 @@ class ChunkLoop:
             await asyncio.gather(warming, return_exceptions=True)
             log.info("session %s: chunk 0 is ready before the warm-up ended; it starts from the known "
                      "warm cost %s", self.id, self._warm_cost)
+        if self.warm_up is None:
+            self._start_from_known_cost()
+
+    def _start_from_known_cost(self) -> None:
+        """The scheduler's first estimate of the best tier: the warm cost measured before, when known."""
         tier = self.scheduler.tiers[0]
-        if self.warm_up is None and self._warm_cost is not None and not self.scheduler.measured(tier):
+        if self._warm_cost is not None and not self.scheduler.measured(tier):
             self.scheduler.record(tier, self._warm_cost)
 
     async def _warm_up(self) -> None:

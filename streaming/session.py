@@ -38,7 +38,7 @@ from streaming.speakers import LiveSpeakers
 from streaming.stats import (ChunkStats, CostStats, DelayStats, IngestStats, Percentiles, SessionStats,
                              WarmUpStats)
 from streaming.timeline import OutputTimeline, SessionClock
-from streaming.workers import GeneratorPool
+from streaming.workers import GeneratorPool, nice_this_thread
 
 log = logging.getLogger("livedub.session")
 MAX_DELAY = 30.0
@@ -110,7 +110,8 @@ class LiveSession:
         self.speakers = LiveSpeakers(self.ingest, settings.buffer_seconds)  # speaker 2: a second WHIP ingest
         # The session's blocking steps (decoding, building requests) run one at a time off the loop
         # (inline on a virtual clock, in tests).
-        self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id}")
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"session-{session_id}", initializer=nice_this_thread)
         self._stop = asyncio.Event()
         self.timeline = OutputTimeline(plan, np.zeros((1, 1, 3), np.uint8))
         self.loop = ChunkLoop(session_id, source, pool, fallback_pool, self.speakers, self.clock, self.timeline,

@@ -27,6 +27,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 
 import numpy as np
@@ -187,6 +189,17 @@ def quiet_child() -> None:
     # Generation has slack until its deadline; pacing the tracks has none. When the CPU is contended,
     # the server's event loop goes first (a late chunk falls back; a late frame is a visible stutter).
     os.nice(WORKER_NICENESS)
+
+
+def nice_this_thread(niceness: int = WORKER_NICENESS) -> None:
+    """Give the calling thread the workers' niceness: a session's decoding, face analysis and request
+    building have until their chunk's deadline, the event loop pacing every track has none. On Linux
+    niceness is per thread; elsewhere it would lower the whole server, so nothing is done."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError:  # not permitted here: the thread keeps the server's priority
+            pass
 
 
 def serve_requests(conn, generate, idle=None, idle_seconds: float = 30.0, forget=None) -> None:

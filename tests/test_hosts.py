@@ -1,10 +1,15 @@
 """Host workers: the sessions of a generator with per-session state share a few worker processes, each
 session on an instance of its own (streaming/hosts.py, streaming/instances.py); a job given up while it
-waits for a CPU slot frees its worker; new sessions' chunk phases are spread (streaming/phases.py)."""
+waits for a CPU slot frees its worker; new sessions' chunk phases are spread (streaming/phases.py); a
+session's own thread yields to the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +22,7 @@ from streaming.hosts import GeneratorHosts
 from streaming.instances import Instances
 from streaming.phases import spread_origin
 from streaming.warmup import warm_up_request
-from streaming.workers import CpuSlots, Expired, GeneratorPool, GeneratorSpec
+from streaming.workers import WORKER_NICENESS, CpuSlots, Expired, GeneratorPool, GeneratorSpec, nice_this_thread
 
 COUNTING = GeneratorSpec("counting", "server_fault_generators", "build_counting")
 SLOW = GeneratorSpec("slow", "server_fault_generators", "build_slow", (("seconds", 0.05),))
@@ -164,3 +169,14 @@ def test_a_new_phase_lies_in_the_middle_of_the_widest_gap_unless_that_is_too_far
     nearest = min(_circular(origin % stride, p, stride) for p in phases)
     if now - origin < most_back - 1e-6:  # not limited: the middle of the widest gap
         assert nearest == pytest.approx(widest / 2, abs=1e-6)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux only")
+def test_a_session_thread_yields_to_the_event_loop_and_the_process_keeps_its_priority():
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if before > WORKER_NICENESS:
+        pytest.skip(f"this process already runs at niceness {before}")
+    with concurrent.futures.ThreadPoolExecutor(1, initializer=nice_this_thread) as thread:
+        niceness = thread.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert niceness == WORKER_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread, and so the loop

@@ -5,6 +5,7 @@ server has never heard of gets exactly what its record asks for."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -136,6 +137,29 @@ async def test_a_warm_up_still_waiting_gives_way_to_chunk_0_which_starts_from_th
         manager.cpu_slots.release()
         assert await _until(lambda: session.counts["generated"] + session.counts["late"] > 0)
         assert session.counts["generated"] == 1 and session.counts["late"] == 0  # chunk 0 was not held up
+    finally:
+        await manager.close()
+
+
+async def test_a_session_on_a_source_measured_before_skips_its_warm_up_the_others_warm_up(
+        manager_of, fault_registry):
+    """The hosts are warmed at start-up on the library's first source: a session there starts from that
+    warm cost and runs no warm-up (it would only take the host from other sessions' chunks); a session on
+    another source warms its instance up on it."""
+    manager = manager_of("slow", delay=2.0, slow=ServingNeeds(worker="thread"))
+    manager.config = dataclasses.replace(manager.config, generator_options=(("seconds", 0.02),))
+    write_still(os.path.join(manager.config.sources, "blue.png"), (30, 30, 200))  # first by name
+    try:
+        await manager.prepare()
+        known = manager.source_warm_cost("slow", "blue", None)
+        assert known is not None and manager.source_warm_cost("slow", "red", None) is None
+        measured = await manager.create("blue")
+        full = measured.scheduler.tiers[0]
+        assert measured.scheduler.measured(full) and measured.scheduler.estimate(full) == known
+        other = await manager.create("red")
+        assert await _until(lambda: other.warm_up is not None), "the session on red never warmed up"
+        assert measured.warm_up is None
+        assert manager.source_warm_cost("slow", "red", None) == other.warm_up.warm
     finally:
         await manager.close()
 
