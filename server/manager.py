@@ -2,8 +2,9 @@
 
 Generator pools are shared by every session of one generator and built on first use (the default one at
 start-up): a shared generator (a GPU model, loaded once) serves every session from one instance; one with
-per-session state hosts an instance per session in a few worker processes (streaming/hosts.py). Events from sessions go to every listener (control connections, MQTT) through callbacks that
-must not block; a session that ends by itself (ingest gone, idle, failure) is cleaned up here.
+per-session state hosts an instance per session in a few worker processes (streaming/hosts.py). Events
+from sessions go to every listener (control connections, MQTT) through callbacks that must not block; a
+session that ends by itself (ingest gone, idle, failure) is cleaned up here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from model.registry import serving_needs
 from server.config import ServerConfig
 from server.egress import Egress
 from server.offers import Offer
-from streaming.heap import release_free_heap
 from server.livesources import Programmes
 from server.output_url import OutputUrl, expand_template, parse_output_url
 from server.outputs import Output, SessionOutputs, UnknownOutput
@@ -33,14 +33,15 @@ from server.sources import SourceLibrary
 from streaming.chunker import ChunkPlan
 from streaming.errors import InputError
 from streaming.events import SessionEvent, message
+from streaming.heap import release_free_heap
+from streaming.hosts import GeneratorHosts
 from streaming.livesource import LiveVideoSource
-from streaming.region import session_region
 from streaming.phases import spread_origin
+from streaming.region import session_region
 from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettings, check_delay, lowest_delay,
                                widest_margins)
 from streaming.sharedsource import SourceCache
 from streaming.warmup import warm_up, warm_up_request
-from streaming.hosts import GeneratorHosts
 from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec, PoolStream
 
 log = logging.getLogger("livedub.manager")
@@ -121,7 +122,11 @@ class SessionManager:
 
     # ---- generators ---------------------------------------------------------------------------------------
     def _spec(self, name: str | None) -> tuple[GeneratorSpec, str]:
-        spec = GeneratorSpec.from_registry(name or self.config.generator, dict(self.config.generator_options))
+        """Generator ``name``'s spec and worker mode. The configured options (--weights, -o) are the
+        configured generator's: another one (a session's choice, a declared fallback) is built without."""
+        name = name or self.config.generator
+        options = dict(self.config.generator_options) if name == self.config.generator else {}
+        spec = GeneratorSpec.from_registry(name, options)
         if self._group(spec) is not None:
             return spec, "process"
         mode = self.config.worker if self.config.worker != "auto" else serving_needs(spec.name).worker
@@ -327,13 +332,12 @@ class SessionManager:
                     None, self.sources.open, path, self.config.size, settings.keyframe_interval)
                 name = source
             needs = serving_needs(spec.name)
-            # A generator instance of the session's own is warmed on the session's source (a shared one
-            # was warmed at start-up and serves other sessions' chunks meanwhile).
             # Events are typed up to here; listeners (control, MQTT) get them as JSON-ready dicts.
             emit = functools.partial(self._emit_event, session_id)
-            # A session's own instance is warmed on its source, unless its cost there is known already: the
-            # host is warm from start-up, and the warm-up would only take the host from other sessions'
-            # chunks (six sessions started together queue twelve warm-up runs).
+            # A session's own instance is warmed on its source (a shared one was warmed at start-up and
+            # serves other sessions' chunks meanwhile), unless its cost there is known already: the host is
+            # warm from start-up, and the warm-up would only take the host from other sessions' chunks (six
+            # sessions started together queue twelve warm-up runs).
             known = self.source_warm_cost(pool.profile.name, name, settings.region)
             session = LiveSession(session_id, media, name, pool, settings, emit, plan=self.plan,
                                   fallback_pool=fallback, warm=needs.warm_up and not needs.shared and known is None,

@@ -176,6 +176,9 @@ class ChunkLoop:
         """Chunk 0 is ready: a warm-up still waiting or running gives way to it (many sessions started
         together queue their warm-ups behind each other's real chunks). The scheduler then starts from
         the warm cost measured before, at start-up or by another session: never from a cold run."""
+        if warming.done() and not warming.cancelled() and warming.exception() is not None:
+            log.warning("session %s: warm-up failed (%s); chunk 0 runs on a cold instance", self.id,
+                        warming.exception())
         if not warming.done():
             warming.cancel()
             await asyncio.gather(warming, return_exceptions=True)

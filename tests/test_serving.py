@@ -228,3 +228,18 @@ def test_the_region_a_generator_works_on_comes_from_its_record(monkeypatch):
     finally:
         tight.close()
         bucketed.close()
+
+
+async def test_the_configured_options_go_to_the_configured_generator_only(manager_of, fault_registry):
+    """--weights and -o options are the configured generator's: its declared fallback, or another generator a
+    session asks for, is built without them (lite would refuse an infinitetalk's --weights)."""
+    manager = manager_of("own", own=ServingNeeds(worker="thread", fallback="raising", warm_up=False),
+                         raising=ServingNeeds(worker="thread", warm_up=False))
+    manager.config = dataclasses.replace(manager.config, generator_options=(("weights", "/models/x"),))
+    try:
+        session = await manager.create("red")  # RaisingGenerator(weights=...) would fail to build
+        assert session.fallback_pool is not None and session.fallback_pool.profile is not None
+        other = await manager.create("red", generator="raising")
+        assert other.pool.name == "raising"
+    finally:
+        await manager.close()
