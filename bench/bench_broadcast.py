@@ -145,7 +145,8 @@ async def live_memory(path: str, seconds: float) -> None:
     from streaming.ingest import PLAYOUT_RATE
     from streaming.regionsource import ComposedFrames
     from streaming.session import LiveSession, SessionSettings
-    from streaming.workers import GeneratorPool, GeneratorSpec
+    from streaming.pool import GeneratorPool
+    from streaming.workers import GeneratorSpec
 
     clock = VirtualClock()
     pool = GeneratorPool(GeneratorSpec.from_registry("lite", {}), mode="thread", clock=clock.now,

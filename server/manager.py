@@ -42,7 +42,8 @@ from streaming.session import (MAX_DELAY, SWAP_MODES, LiveSession, SessionSettin
                                widest_margins)
 from streaming.sharedsource import SourceCache
 from streaming.warmup import warm_up, warm_up_request
-from streaming.workers import CpuSlots, GeneratorFailed, GeneratorPool, GeneratorProfile, GeneratorSpec, PoolStream
+from streaming.pool import CpuSlots, GeneratorPool, PoolStream
+from streaming.workers import GeneratorFailed, GeneratorProfile, GeneratorSpec
 
 log = logging.getLogger("livedub.manager")
 # Generators that declare no tier ladder have one cost: their only cheaper rung is the fallback (or

@@ -38,7 +38,8 @@ from streaming.scheduler import Scheduler
 from streaming.speakers import LiveSpeakers
 from streaming.timeline import OutputTimeline, SessionClock
 from streaming.warmup import WarmUp, warm_up, warm_up_request
-from streaming.workers import Expired, GeneratorFailed, GeneratorPool, PoolBusy, WorkerDied
+from streaming.pool import GeneratorPool
+from streaming.workers import Expired, GeneratorFailed, PoolBusy, WorkerDied
 
 log = logging.getLogger("livedub.chunkloop")
 SWAP_MODES = ("cut", "blend")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from streaming.workers import CpuSlots, GeneratorPool, GeneratorProfile, GeneratorSpec, PoolStream
+from streaming.pool import CpuSlots, GeneratorPool, PoolStream
+from streaming.workers import GeneratorProfile, GeneratorSpec
 
 
 class HostedStream(PoolStream):

@@ -2,7 +2,7 @@
 
 ingest (streaming/ingest.py: received speech on the session clock) -> the chunk loop
 (streaming/chunkloop.py, the only owner of the chunk engine) -> the scheduler (streaming/scheduler.py:
-which tier fits before the slot) -> the generator workers (streaming/workers.py) -> the output timeline
+which tier fits before the slot) -> the generator pool and its workers (streaming/pool.py, workers.py) -> the output timeline
 (streaming/timeline.py: each chunk's slot) -> playout (streaming/playout.py: what the output tracks read:
 the clock, the frame and the speech due) -> egress (server/egress.py: one encode per codec for all
 viewers). One clock (streaming/clock.py) is injected here and reaches every stage, the tracks included.
@@ -38,7 +38,8 @@ from streaming.speakers import LiveSpeakers
 from streaming.stats import (ChunkStats, CostStats, DelayStats, IngestStats, Percentiles, SessionStats,
                              WarmUpStats)
 from streaming.timeline import OutputTimeline, SessionClock
-from streaming.workers import GeneratorPool, nice_this_thread
+from streaming.pool import GeneratorPool
+from streaming.workers import nice_this_thread
 
 log = logging.getLogger("livedub.session")
 MAX_DELAY = 30.0

@@ -22,7 +22,8 @@ from streaming.hosts import GeneratorHosts
 from streaming.instances import Instances
 from streaming.phases import spread_origin
 from streaming.warmup import warm_up_request
-from streaming.workers import WORKER_NICENESS, CpuSlots, Expired, GeneratorPool, GeneratorSpec, nice_this_thread
+from streaming.pool import CpuSlots, GeneratorPool
+from streaming.workers import WORKER_NICENESS, Expired, GeneratorSpec, nice_this_thread
 
 COUNTING = GeneratorSpec("counting", "server_fault_generators", "build_counting")
 SLOW = GeneratorSpec("slow", "server_fault_generators", "build_slow", (("seconds", 0.05),))

@@ -19,7 +19,8 @@ from streaming.livesource import LiveVideoSource
 from streaming.session import LiveSession, SessionSettings
 from streaming.sharedsource import SourceCache
 from streaming.source import OutputSize, VideoSource
-from streaming.workers import GeneratorPool, GeneratorSpec
+from streaming.pool import GeneratorPool
+from streaming.workers import GeneratorSpec
 
 PLAN = ChunkPlan(window=9, context=3)
 SIZE = (286, 510)  # (height, width): not multiples of 16

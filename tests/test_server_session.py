@@ -27,7 +27,8 @@ from streaming.ingest import PLAYOUT_RATE
 from streaming.errors import InputError
 from streaming.session import LiveSession, SessionSettings, check_delay
 from streaming.source import VideoSource
-from streaming.workers import GeneratorPool, GeneratorSpec
+from streaming.pool import GeneratorPool
+from streaming.workers import GeneratorSpec
 
 PLAN = ChunkPlan(window=9, context=3)  # chunk 0: 0.36 s, then one chunk every 0.24 s
 RED, BLUE = (200, 30, 30), (30, 30, 200)

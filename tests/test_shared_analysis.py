@@ -215,7 +215,8 @@ async def test_two_live_sessions_on_one_clip_analyse_each_frame_once(frames):
     from streaming.clock import InlineExecutor, VirtualClock
     from streaming.ingest import PLAYOUT_RATE
     from streaming.session import LiveSession, SessionSettings
-    from streaming.workers import GeneratorPool, GeneratorSpec
+    from streaming.pool import GeneratorPool
+    from streaming.workers import GeneratorSpec
 
     clock = VirtualClock()
     made: list = []
