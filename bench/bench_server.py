@@ -140,26 +140,8 @@ def _stat(pid: int) -> list[str]:
         return handle.read().rsplit(")", 1)[1].split()
 
 
-def server_rss_mib(pid: int) -> float:
-    """Memory of the server and its worker processes, MiB: their proportional set sizes (a page shared
-    between them, the frames' shared-memory segments, counted once)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if int(entry) != pid and int(_stat(int(entry))[1]) != pid:
-                continue
-            with open(f"/proc/{entry}/smaps_rollup") as handle:
-                total += int(handle.read().split("\nPss:")[1].split()[0])
-        except (OSError, IndexError):
-            continue
-    return total / 1024
-
-
-def server_cpu_seconds(pid: int) -> float:
-    """CPU time of the server and its worker processes (live ones, and those it has waited for)."""
-    total = 0.0
+def server_processes(pid: int):
+    """(process id, its /proc stat fields) of the server and of its worker processes."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -168,7 +150,25 @@ def server_cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         if int(entry) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            yield int(entry), fields
+
+
+def server_rss_mib(pid: int) -> float:
+    """Memory of the server and its worker processes, MiB: their proportional set sizes (a page shared
+    between them, the frames' shared-memory segments, counted once)."""
+    total = 0
+    for process, _ in server_processes(pid):
+        try:
+            with open(f"/proc/{process}/smaps_rollup") as handle:
+                total += int(handle.read().split("\nPss:")[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return total / 1024
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server and its worker processes (live ones, and those it has waited for)."""
+    total = sum(int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]) for _, f in server_processes(pid))
     return total / os.sysconf("SC_CLK_TCK")
 
 

@@ -196,16 +196,18 @@ class SessionManager:
 
     def warm_cost(self, name: str) -> float | None:
         """The lowest warm chunk cost measured for generator ``name`` (at start-up or a session's warm-up)."""
-        costs = [s.warm_up.warm for s in self.sessions.values() if s.warm_up is not None and s.profile.name == name]
-        known = self._warm_costs.get(name)
-        return min(costs + ([known] if known is not None else []), default=None)
+        return self._lowest_warm_cost(lambda s: s.profile.name == name, self._warm_costs.get(name))
 
     def source_warm_cost(self, name: str, source: str, region: str | None) -> float | None:
         """The warm chunk cost of generator ``name`` measured on ``source`` (at start-up, or by a session on
         it), as a session with ``region`` would have it; None when not measured so."""
-        costs = [s.warm_up.warm for s in self.sessions.values() if s.warm_up is not None
-                 and (s.profile.name, s.source_name, s.settings.region) == (name, source, region)]
-        known = self._source_warm_costs.get((name, source)) if region is None else None
+        return self._lowest_warm_cost(
+            lambda s: (s.profile.name, s.source_name, s.settings.region) == (name, source, region),
+            self._source_warm_costs.get((name, source)) if region is None else None)
+
+    def _lowest_warm_cost(self, matches: Callable[[LiveSession], bool], known: float | None) -> float | None:
+        """The lowest of ``known`` and the warm-ups of the sessions that ``matches``; None if neither."""
+        costs = [s.warm_up.warm for s in self.sessions.values() if s.warm_up is not None and matches(s)]
         return min(costs + ([known] if known is not None else []), default=None)
 
     async def delay_limits(self, generator: str | None = None) -> dict:

@@ -5,7 +5,8 @@ ingest (streaming/ingest.py: received speech on the session clock) -> the chunk 
 which tier fits before the slot) -> the generator pool and its workers (streaming/pool.py, workers.py)
 -> the output timeline (streaming/timeline.py: each chunk's slot) -> playout (streaming/playout.py: what
 the output tracks read: the clock, the frame and the speech due) -> egress (server/egress.py: one encode
-per codec for all viewers). One clock (streaming/clock.py) is injected here and reaches every stage, the tracks included.
+per codec for all viewers). One clock (streaming/clock.py) is injected here and reaches every stage, the
+tracks included.
 
 The session owns the speech input and the end: when the ingest ends (its sender gone or done, or idle),
 what was captured plays out, then the session ends with one ``Ended`` event. Stages report typed events
