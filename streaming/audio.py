@@ -53,7 +53,7 @@ def load_audio(path: str | os.PathLike, listener: Callable[[av.AudioFrame], None
         # ``to_ndarray`` read a wild pointer and segfaulted. A packed frame has one plane whatever the count.
         resampler = None
         channels = 0
-        samples = _Samples(_expected_samples(container, stream))
+        samples = _Samples(_expected_samples(container, stream, os.path.getsize(path)))
         try:
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler follow the sample count, not broken timestamps
@@ -105,15 +105,23 @@ class _Samples:
         return self._data[: self._size]
 
 
-def _expected_samples(container, stream) -> int:
-    """16 kHz samples the container announces (a little more, for resampler slack); 0 when unknown."""
+# Speech codecs carry at most ~21 output samples per byte (Opus at 6 kbit/s); a header announcing more
+# than this many per byte of file is not believed (a damaged one asked for 36 GiB), the buffer grows instead.
+MAX_SAMPLES_PER_BYTE = 64
+
+
+def _expected_samples(container, stream, file_bytes: int) -> int:
+    """16 kHz samples the container announces (a little more, for resampler slack), bounded by what
+    a file of ``file_bytes`` can plausibly hold; 0 when unknown."""
     if stream.duration is not None and stream.time_base is not None:
         seconds = float(stream.duration * stream.time_base)
     elif container.duration is not None:
         seconds = container.duration / av.time_base
     else:
         return 0
-    return int(seconds * AUDIO_RATE) + AUDIO_RATE
+    if not np.isfinite(seconds) or seconds <= 0:
+        return 0
+    return min(int(seconds * AUDIO_RATE), MAX_SAMPLES_PER_BYTE * file_bytes) + AUDIO_RATE
 
 
 def _reason(exc: BaseException) -> str:

@@ -9,10 +9,24 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Hypothesis draws the same cases on every run of the test command, so a red run is a change's doing and
+# never the draw (CI once failed on a fresh random case). LIVEDUB_FUZZ_EXPLORE=N draws fresh cases instead,
+# N times as many where a test asks for ``fuzz_cases``, to look for new failures; each one found becomes a
+# fixed test.
+FUZZ_EXPLORE = int(os.environ.get("LIVEDUB_FUZZ_EXPLORE") or 0)
+settings.register_profile("livedub", derandomize=not FUZZ_EXPLORE, database=None)
+settings.load_profile("livedub")
+
+
+def fuzz_cases(count: int) -> int:
+    """``count`` generated cases, times the exploration factor when exploring."""
+    return count * max(FUZZ_EXPLORE, 1)
 
 
 def espeak(path: str, text: str, rate: int = 150) -> str:

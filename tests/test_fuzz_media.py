@@ -8,7 +8,8 @@ non-media (random bytes, text). The readers run in-process; a few ``livedub dub`
 subprocess, where a segfault shows as a signal instead of ending the test run.
 
 About 330 generated cases per run (hypothesis ``max_examples`` below), bounded to well under a minute on
-two idle cores.
+two idle cores; the same cases every run, or fresh ones with ``LIVEDUB_FUZZ_EXPLORE=N`` (tests/conftest.py).
+A case found by exploring becomes a fixed regression test below.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from server.cli import main
 from streaming.audio import load_audio
 from streaming.errors import InputError
 from streaming.source import VideoSource
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fuzz_cases
 
-FUZZ = settings(deadline=None, derandomize=False, database=None,
+FUZZ = settings(deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
@@ -214,7 +215,7 @@ def _kind(message: str) -> str:
 
 # ---- the readers ------------------------------------------------------------------------------------------
 def test_audio_reader_gives_mono_speech_or_one_line(seeds, tmp_path):
-    @settings(FUZZ, max_examples=130)
+    @settings(FUZZ, max_examples=fuzz_cases(130))
     @given(file=st.one_of(garbled(seeds, AUDIO_SEEDS), garbled(seeds), odd_wav(), non_media()))
     def check(file):
         path = _write(str(tmp_path), "speech", file)
@@ -231,7 +232,7 @@ def test_audio_reader_gives_mono_speech_or_one_line(seeds, tmp_path):
 
 
 def test_source_reader_gives_frames_or_one_line(seeds, tmp_path):
-    @settings(FUZZ, max_examples=100)
+    @settings(FUZZ, max_examples=fuzz_cases(100))
     @given(file=st.one_of(garbled(seeds, PICTURE_SEEDS), garbled(seeds), non_media(), odd_wav()),
            end=st.sampled_from(["hold", "loop"]))
     def check(file, end):
@@ -267,7 +268,7 @@ def _check_dub_outcome(code: int, err: str, out: str, record: bool = True) -> No
 
 
 def test_dub_command_gives_an_mp4_or_one_line_exit_2(seeds, tmp_path, capsys):
-    @settings(FUZZ, max_examples=90)
+    @settings(FUZZ, max_examples=fuzz_cases(90))
     @given(source=source_file(seeds), audio=speech_file(seeds))
     def check(source, audio):
         folder = tempfile.mkdtemp(dir=tmp_path)
@@ -282,7 +283,7 @@ def test_dub_command_gives_an_mp4_or_one_line_exit_2(seeds, tmp_path, capsys):
 @pytest.mark.timeout(300)
 def test_dub_in_a_subprocess_never_dies_of_a_signal(seeds, tmp_path):
     """A few cases where a crash in native code would kill the process (8+ channels segfaulted)."""
-    @settings(FUZZ, max_examples=6)
+    @settings(FUZZ, max_examples=fuzz_cases(6))
     @given(source=st.sampled_from(["a.png", "talk.mp4"]).map(lambda name: (os.path.splitext(name)[1], seeds[name])),
            audio=st.one_of(odd_wav().filter(lambda file: len(file[1]) > 2000), garbled(seeds)))
     def check(source, audio):
@@ -327,3 +328,17 @@ def test_a_png_with_a_damaged_chunk(seeds, tmp_path, capsys):
     code = main(["dub", source, _write(str(tmp_path), "speech", (".wav", seeds["a.wav"])), "-o", out,
                  "--generator", "passthrough", "--size", "64x64", "--quiet"])
     _check_dub_outcome(code, capsys.readouterr().err, out, record=False)  # FFmpeg reads this one whole
+
+
+# Found by the fuzzing (CI, 97 bytes): a FLAC header repeated, whose stream info announces 170 hours.
+LYING_FLAC = (b'fLaC\x00\x00\x00"\x12\x00\x12\x00\x00\x03\xd2\x00\x05\x00\n\xc4BfLaC\x00\x00\x00"\x12\x00\x12\x00\x00'
+    b'\x03\xd2\x00\x05\x00\n\xc4B\xf0\x00\x00g\\[\xd2X\xf5\xd8s)\xb1\xeb2\xf2\xf9\xda\xe3~#\x04\x00\x00.\r\x00\x00'
+    b'\x00Lavf62.12.102\x01\x00\x00\x00\x15\x00\x00\x00encoder=Lavf62.12.102\x81\x00 ' + b'\x00' * 35)
+
+
+def test_a_header_announcing_hours_in_a_tiny_file(tmp_path):
+    """The decode buffer was sized from the header alone: this file asked numpy for 36.6 GiB."""
+    path = _write(str(tmp_path), "lying", (".flac", LYING_FLAC))
+    with pytest.raises(InputError) as raised:
+        load_audio(path)
+    _one_line_error(raised.value, record=False)
