@@ -5,8 +5,9 @@ session, no worker, no process. Beside all of it a real session (a WHIP ingest a
 loopback) keeps sending video, judged at the end by frames received against frames its clock made due.
 
 Hypothesis runs each example synchronously; the server, its session and the test's HTTP client live in
-an event loop of their own (a thread), to which every request is handed. Profiles are derandomized and
-database-less: the same cases on every run. CASES holds the number of generated cases per test.
+an event loop of their own (a thread), to which every request is handed. The cases are the same on every
+run (the profile in tests/conftest.py; ``LIVEDUB_FUZZ_EXPLORE=N`` draws fresh ones, N times as many).
+CASES holds the number of generated cases per test.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from client.webrtc import Publisher, SpeechTrack, Viewer
 from server.control import OPS
 from server.lockout import AuthLockout
 from server.offers import OfferError, check_offer
+from tests.conftest import fuzz_cases
 
 TOKEN = "fuzz-token-7f3a9c2e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CASES = {"offers": 300, "whip": 100, "whep": 100, "control": 220, "query": 120, "headers": 100, "requests": 100}
-FUZZ = dict(deadline=None, derandomize=True, database=None, print_blob=False,
+FUZZ = dict(deadline=None, print_blob=False,
             suppress_health_check=list(HealthCheck))
 MAX_MESSAGE = 300
 HTTP_CODES = {"bad_request", "bad_offer", "bad_name", "unknown_source", "unknown_session", "limit_reached",
@@ -302,7 +304,7 @@ def offers(rig: Rig, names: tuple[str, ...]):
 
 def test_every_offer_the_check_passes_aiortc_answers(rig):
     """The check is complete: what it lets through, aiortc answers without raising."""
-    @settings(max_examples=CASES["offers"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["offers"]), **FUZZ)
     @given(case=offers(rig, ("whip_av", "whip_a", "whep")))
     def check(case):
         RAN["offers"] += 1
@@ -315,7 +317,7 @@ def test_every_offer_the_check_passes_aiortc_answers(rig):
 
 
 def test_whip_offers_get_a_clear_answer_before_any_session(rig):
-    @settings(max_examples=CASES["whip"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["whip"]), **FUZZ)
     @given(case=offers(rig, ("whip_av", "whip_a")), attach=st.booleans())
     def check(case, attach):
         RAN["whip"] += 1
@@ -332,7 +334,7 @@ def test_whip_offers_get_a_clear_answer_before_any_session(rig):
 
 
 def test_whep_offers_get_a_clear_answer_or_a_viewer(rig):
-    @settings(max_examples=CASES["whep"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["whep"]), **FUZZ)
     @given(case=offers(rig, ("whep",)))
     def check(case):
         RAN["whep"] += 1
@@ -375,7 +377,7 @@ RAW_MESSAGES = st.one_of(
 
 
 def test_control_messages_get_error_codes_and_never_internal(rig):
-    @settings(max_examples=CASES["control"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["control"]), **FUZZ)
     @given(raw=RAW_MESSAGES)
     def check(raw):
         RAN["control"] += 1
@@ -401,7 +403,7 @@ QUERY_VALUES = st.one_of(
 
 
 def test_query_values_get_a_clear_answer_before_any_worker(rig):
-    @settings(max_examples=CASES["query"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["query"]), **FUZZ)
     @given(source=QUERY_VALUES, delay=QUERY_VALUES, generator=QUERY_VALUES, token=st.booleans())
     def check(source, delay, generator, token):
         RAN["query"] += 1
@@ -421,7 +423,7 @@ HEADER_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=255), max_siz
 
 def test_headers_never_reach_the_log(rig):
     """Authorization and other headers with control characters, stray bytes, odd content types."""
-    @settings(max_examples=CASES["headers"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["headers"]), **FUZZ)
     @given(suffix=HEADER_TEXT, content_type=st.one_of(st.just("application/sdp"), HEADER_TEXT),
            name=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12),
            value=HEADER_TEXT, path=st.sampled_from(["/whip?source=red", "/sources", "/nope", "/whep/x"]))
@@ -467,7 +469,7 @@ def test_malformed_requests_get_the_envelope(rig):
     """Raw requests aiohttp's HTTP parser refuses (bad request lines, methods, versions, header names
     and values, lines too long, non-HTTP bytes) get the JSON envelope, not aiohttp's plain text, and
     never the bytes sent; a secret in a bad header reaches neither the answer nor the log."""
-    @settings(max_examples=CASES["requests"], **FUZZ)
+    @settings(max_examples=fuzz_cases(CASES["requests"]), **FUZZ)
     @given(line=REQUEST_LINES, headers=HEADER_LINES, secret=st.sampled_from([b"", b"\x01", b"\r", b"\x7f"]))
     def check(line, headers, secret):
         RAN["requests"] += 1
