@@ -9,8 +9,11 @@ The first output starts the session's H.264 and AAC encodes (shared with WebRTC 
 H.264, and by every further output); each further output adds only its relay and the writes into it.
 The load average is printed: the machine may be shared.
 
+``--stall``: then nginx stops reading (SIGSTOP) and the time until the last output notices (its state leaves
+``connected``, with the reason) is printed, and the time to connect again once nginx runs (SIGCONT).
+
 Run:  PYTHONPATH=$PWD .venv/bin/python bench/bench_outputs.py [--outputs 3] [--seconds 10]
-      [--generator lite] [--size 480]
+      [--generator lite] [--size 480] [--stall [--stall-limit 300]]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -131,10 +135,32 @@ async def main(args: argparse.Namespace) -> None:
             more = (rows[-1] - rows[1]) / (args.outputs - 1) if args.outputs > 1 else float("nan")
             print(f"bench_outputs: first RTMP output +{first:.1f} % of a core (H.264 + AAC encode, relay); "
                   f"each further output +{more:.1f} % (its relay, the writes into it)")
+        if args.stall and args.outputs:
+            await stalled_receiver(nginx.process.pid, output, args.stall_limit)
         feeder.cancel()
     finally:
         await server.stop()
         nginx.stop()
+
+
+async def stalled_receiver(nginx_pid: int, output, limit: float) -> None:
+    """nginx stops reading: how long until ``output`` notices, then how long to reconnect once it reads."""
+    os.kill(nginx_pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        while output.state == "connected" and time.monotonic() - started < limit:
+            await asyncio.sleep(0.05)
+        noticed = time.monotonic() - started
+    finally:
+        os.kill(nginx_pid, signal.SIGCONT)
+    if output.state == "connected":
+        print(f"bench_outputs: nginx stopped reading; not noticed within {limit:g} s")
+        return
+    print(f"bench_outputs: nginx stopped reading; noticed after {noticed:.1f} s ({output.error})")
+    resumed = time.monotonic()
+    while output.state != "connected" and time.monotonic() - resumed < limit:
+        await asyncio.sleep(0.05)
+    print(f"bench_outputs: nginx reading again; {output.state} after {time.monotonic() - resumed:.1f} s")
 
 
 def parse_args() -> argparse.Namespace:
@@ -144,6 +170,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--generator", default="lite")
     parser.add_argument("--size", default="480", help="output size: 480, 720 or WxH (default 480)")
     parser.add_argument("--delay", type=float, default=5.5)
+    parser.add_argument("--stall", action="store_true", help="then time how long a receiver that stops "
+                        "reading takes to be noticed")
+    parser.add_argument("--stall-limit", type=float, default=300.0, help="give up waiting after this (s)")
     return parser.parse_args()
 
 

@@ -41,6 +41,9 @@ from streaming.timeline import AUDIO_CLOCK
 
 CONNECT_TIMEOUT = 5.0  # seconds for a relay to say it connected
 WRITE_TIMEOUT = 10.0  # seconds a write into a relay may wait before its receiver counts as stalled
+# Seconds an RTMP receiver may acknowledge nothing while data waits before the relay gives up on it
+# (server/ack_watch.py): TCP retransmits back off to 3.2 s by the fifth try, so a brief loss is not a stall.
+ACK_STALL = 10.0
 RTMP_CONNECTED = "rtmp relay connected"  # what server.rtmp_relay prints once its receiver took the header
 DRAIN = 1.0  # seconds a relay may take to send what it holds (SRT's latency) when an output ends
 PIPE_BUFFER = 7 * 188 * 4  # MPEG-TS into the relay: four SRT payloads (1316 bytes) per write at most
@@ -58,6 +61,7 @@ class SinkError(Exception):
 class RelayLimits:
     connect: float = CONNECT_TIMEOUT
     write: float = WRITE_TIMEOUT
+    ack_stall: float = ACK_STALL  # RTMP relays: seconds with nothing acknowledged (0: not watched)
     pipe_bytes: int | None = None  # the relay's input pipe (None: the system's, 64 KiB); smaller finds a stall sooner
 
 
@@ -254,7 +258,8 @@ def open_sink(url: OutputUrl, size: tuple[int, int], aac_config: bytes | None,
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         relay = RelayProcess([sys.executable, "-m", "server.rtmp_relay"], RTMP_CONNECTED, "RTMP", limits, env)
-        header = {"url": url.url, "size": list(size), "aac_config": aac_config.hex() if aac_config else None}
+        header = {"url": url.url, "size": list(size), "aac_config": aac_config.hex() if aac_config else None,
+                  "ack_stall": limits.ack_stall}
         try:
             relay.input.write(json.dumps(header).encode() + b"\n")
             relay.wait_connected(stopped)

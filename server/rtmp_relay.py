@@ -5,18 +5,22 @@ have no timeout, so the server runs them here, where blocking stalls nobody else
 starts, watches and kills this process). Its stdin: one JSON line (``url``, ``size`` [height, width],
 ``aac_config`` hex), so the stream key stays off the command line; then the session's packets as
 ``PacketSink`` frames them. It connects, prints ``RTMP_CONNECTED``, and muxes the packets (FLV, no
-re-encode) until its input ends (it ends the stream) or the receiver fails (its last line says why).
+re-encode) until its input ends (it ends the stream) or the receiver fails (its last line says why); a
+receiver that acknowledges nothing for ``ack_stall`` seconds while data waits fails it too
+(server/ack_watch.py), long before a write would block.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import sys
 
 import av
 
+from server.ack_watch import watch_in_thread
 from server.output_sinks import RTMP_CONNECTED, MuxSink, SinkError, describe, read_packets
 
 
@@ -43,6 +47,7 @@ def main() -> int:
         print(describe(exc), file=sys.stderr, flush=True)
         return 1
     print(RTMP_CONNECTED, file=sys.stderr, flush=True)
+    watch_in_thread(float(header.get("ack_stall") or 0), give_up)
     try:
         for video, keyframe, pts, data in read_packets(stdin):
             if video:
@@ -55,6 +60,12 @@ def main() -> int:
     finally:
         sink.close()
     return 0
+
+
+def give_up(reason: str) -> None:
+    """The receiver stalled: say why and end now (the main thread may be blocked in FFmpeg's write)."""
+    print(reason, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -445,12 +445,7 @@ async def test_a_relay_that_stops_reading_is_caught_by_the_write_timeout_and_rec
     output = outputs.add(parse_output_url(nginx.url("secretkey")))
 
     async def until(state: str, count: int = 1):
-        """Run the session's clock on until the output said ``state`` ``count`` times."""
-        deadline = time.monotonic() + 60  # a bound for a busy machine, not a timing condition
-        while sum(e.state == state for e in events) < count and time.monotonic() < deadline:
-            await clock.advance(0.1)
-            await asyncio.sleep(0.01)  # the output's thread writes meanwhile
-        return [e for e in events if e.state == state][count - 1]
+        return await _run_until(clock, events, state, count)
 
     await until("connected")
     relay = output.sink.relay.process
@@ -468,6 +463,39 @@ async def test_a_relay_that_stops_reading_is_caught_by_the_write_timeout_and_rec
     assert output.connects == 2 and output.sink.relay.process.pid != relay.pid
     await outputs.close()
     assert events[-1].state == "ended"
+    egress.close()
+
+
+async def _run_until(clock: VirtualClock, events: list, state: str, count: int = 1, step: float = 0.1):
+    """Run the session's clock on until the output said ``state`` ``count`` times."""
+    deadline = time.monotonic() + 60  # a bound for a busy machine, not a timing condition
+    while sum(e.state == state for e in events) < count and time.monotonic() < deadline:
+        await clock.advance(step)
+        await asyncio.sleep(0.01)  # the output's thread writes meanwhile
+    return [e for e in events if e.state == state][count - 1]
+
+
+async def test_a_receiver_that_stops_reading_is_caught_by_its_acknowledgements_and_reconnected(nginx):
+    """nginx stops reading (SIGSTOP): its kernel acknowledges until its receive buffer is full, then
+    nothing more. The relay notices that (server/ack_watch.py, 1 s here) while its own writes still go
+    into its send buffer, long before the write timeout (10 s, never reached: the error says which
+    fired). Once nginx runs again, the output connects again."""
+    clock, _, egress = _virtual_session()
+    events: list = []
+    outputs = SessionOutputs(egress, clock, events.append, RelayLimits(ack_stall=1.0))
+    output = outputs.add(parse_output_url(nginx.url("acks")))
+    await _run_until(clock, events, "connected")
+    relay = output.sink.relay.process
+    os.kill(nginx.process.pid, signal.SIGSTOP)
+    try:
+        retrying = await _run_until(clock, events, "retrying", step=0.5)  # 0.5 s of stream a turn: fills sooner
+    finally:
+        os.kill(nginx.process.pid, signal.SIGCONT)
+    assert retrying.error == "connection lost: the receiver stopped taking the stream (nothing acknowledged for 1 s)"
+    assert relay.returncode == 1  # it ended itself, saying why
+    await _run_until(clock, events, "connected", 2)
+    assert output.connects == 2
+    await outputs.close()
     egress.close()
 
 
