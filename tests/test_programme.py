@@ -27,6 +27,7 @@ from server.config import build_config, load_file
 from server.livesources import LiveSourceSpec, check_no_clash, parse_live_sources
 from server.sources import BadName, SourceLibrary
 from streaming.backoff import Backoff
+from streaming.chunker import WINDOW_FRAMES
 from streaming.errors import InputError
 from streaming.livesource import LiveVideoSource
 from streaming.programme import Programme
@@ -262,6 +263,7 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
             await viewer
             assert programme.subscribers == 0  # the ended session no longer gets frames
             stats = (await control.request("stats"))["live_sources"]
+            chunks = session.stats().chunks
     finally:
         if sender is not None:
             sender.kill()
@@ -273,17 +275,21 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
     indices = sorted(shown)
     assert indices == list(range(indices[0], indices[-1] + 1))  # a frame for every 25 fps slot
     first_chunk = min(n for n, (kind, _) in shown.items() if kind != "idle")
-    assert all(kind in ("generated", "fallback") for n, (kind, _) in shown.items() if n >= first_chunk)
+    # After the first chunk a frame is idle only in a chunk the session itself reports late (its frames
+    # were due before it came): a busy machine's doing, never unaccounted. On an idle machine, none.
+    idle = sum(kind == "idle" for n, (kind, _) in shown.items() if n >= first_chunk)
+    assert idle <= WINDOW_FRAMES * (chunks.late + chunks.skipped + chunks.failed), (idle, chunks)
     assert any(kind == "generated" for kind, _ in shown.values())
+    marks = {n: mark for n, (kind, mark) in shown.items() if kind != "idle"}
     # Before the drop: the programme as it goes (30 fps shown at 25 fps).
-    before = [shown[n][1] for n in range(first_chunk, killed_at - 25) if n in shown]
+    before = [marks[n] for n in range(first_chunk, killed_at - 25) if n in marks]
     assert len(before) > 25 and _follows(before) and max(before) < 2000, before
     # The sender gone: the last programme frame held, at 25 fps, until it is back (the sender's last
     # burst of frames is due up to a second after it came).
-    held = [shown[n][1] for n in range(killed_at + 40, held_until) if n in shown]
+    held = [marks[n] for n in range(killed_at + 40, held_until) if n in marks]
     assert len(held) >= 20 and len(set(held)) == 1 and max(before) <= held[0] < 2000, held
     # Back: the new programme from its first frames on.
-    after = [shown[n][1] for n in range(back_at + 50, indices[-1] - 10) if n in shown]
+    after = [marks[n] for n in range(back_at + 50, indices[-1] - 10) if n in marks]
     assert len(after) > 25 and _follows(after) and min(after) >= 2000, after
 
 
