@@ -233,6 +233,7 @@ class LiveServer:
         name = request.match_info["name"]
         programme = self.manager.programmes.get(name)
         if programme is not None:  # the programme's last frame, made afresh each time
+            programme.touch()  # read while a picker looks at it (an unused one stops after live_source_idle)
             data = await asyncio.get_running_loop().run_in_executor(None, programme_thumbnail, programme)
             return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
         data = await asyncio.get_running_loop().run_in_executor(None, self.thumbnails.jpeg, name)

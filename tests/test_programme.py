@@ -299,8 +299,13 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
         server = await start_server(str(tmp_path / "sources"), size="256x256",
                                     live_sources={"studio": nginx.url("programme")})
         async with ControlClient(control_url(server)) as control:
-            await _programme_event(control, seen, "connected")
+            idle = (await control.request("stats"))["live_sources"][0]  # pulled: not read while unused
+            assert (idle["state"], idle["decoding"], idle["frames"]) == ("idle", False, 0)
             async with aiohttp.ClientSession() as http:  # the console's picker shows its last frame
+                async with http.get(server.url + "sources/studio/thumbnail") as response:  # starts reading it
+                    assert response.status == 404
+                    assert "live source studio has no picture yet (connecting)" in await response.text()
+                await _programme_event(control, seen, "connected")
                 async with http.get(server.url + "sources/studio/thumbnail") as response:
                     assert response.status == 200 and response.content_type == "image/jpeg"
                     thumbnail = Image.open(io.BytesIO(await response.read()))
@@ -332,10 +337,10 @@ async def test_an_hls_programme_is_read_at_its_own_pace_a_segment_ahead(tmp_path
     states: list = []
     received: list = []
     programme = Programme("feed", nginx.hls_url("programme"), states.append)
-    programme.subscribe(lambda frame, due: received.append((time.monotonic(), due, frame)))
     try:
         await _until(lambda: playlist.exists() and playlist.read_text().count(".ts") >= 3, 20)
-        programme.start()
+        programme.start()  # a pulled source: read from its first session (subscriber) on
+        programme.subscribe(lambda frame, due: received.append((time.monotonic(), due, frame)))
         await _until(lambda: len(received) >= 150, 20)
     finally:
         await programme.close()
