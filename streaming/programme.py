@@ -31,13 +31,11 @@ from streaming.demand import IDLE_AFTER, Demand
 from streaming.livesource import LiveVideoSource
 from streaming.programmeanalysis import ProgrammeAnalysis
 from streaming.programmereader import ProgrammeReader, ProgrammeState
+from streaming.readerthread import ReaderThread
 from streaming.srtrelay import srt_mode
 
 log = logging.getLogger("livedub.programme")
 QUEUE_FRAMES = 50  # two seconds of frames between the reader and a busy event loop; beyond, frames drop
-# Seconds to wait for a reader to notice its stop. One blocked in a pulled stream's read notices only at
-# the read timeout (PyAV's reads cannot be interrupted); it is a daemon thread and ends by itself then.
-JOIN_TIMEOUT = 1.0
 
 Push = Callable[[av.VideoFrame, float], None]
 
@@ -71,9 +69,7 @@ class Programme:
         # A listener on demand decodes only while this is set; its reader runs from start-up on.
         self._decode = threading.Event() if on_demand and self.listener else None
         self._demand = Demand(self._begin, self._end, idle_after, idle_clock)
-        self._reader: ProgrammeReader | None = None
-        self._thread: threading.Thread | None = None
-        self._retired: list[threading.Thread] = []  # stopped readers, until they have ended
+        self._reading = ReaderThread(name)
 
     # ---- lifecycle (loop) -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +82,7 @@ class Programme:
     @property
     def decoding(self) -> bool:
         """Whether its frames are decoded now (used, or within the grace period after its last use)."""
-        return self._demand.running and self._thread is not None
+        return self._demand.running and self._reading.reader is not None
 
     def touch(self) -> None:
         """A use with no session behind it (a thumbnail): read it, until the grace period has passed."""
@@ -104,7 +100,7 @@ class Programme:
         if self._decode is not None:
             self._decode.clear()
         else:
-            self._retire_reader()
+            self._reading.stop()
             self._changed(ProgrammeState(self.name, "idle", reason=f"unused for {self._demand.idle_after:g} s"))
         self._drop_frames()
 
@@ -113,17 +109,8 @@ class Programme:
         reader = ProgrammeReader(self.name, self.url, lambda frame, due: self._offer(reader, frame, due),
                                  lambda state: self._call_soon(reader, self._changed_by, reader, state),
                                  self._clock.now, decode=self._decode)
-        self._reader = reader
-        self._thread = threading.Thread(target=reader.run, name=f"programme-{self.name}", daemon=True)
-        self._thread.start()
+        self._reading.start(reader)
         self.state, self.reason = "connecting", None
-
-    def _retire_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.stop.set()
-            self._retired.append(self._thread)
-            self._reader = self._thread = None
-        self._retired = [thread for thread in self._retired if thread.is_alive()]
 
     def _drop_frames(self) -> None:
         """Nothing decoded is kept while unused: the last frame, the shared analysis' frames, the queue."""
@@ -138,15 +125,11 @@ class Programme:
     @property
     def readers(self) -> list[threading.Thread]:
         """Its reader threads still running (a stopped one blocked in a pulled read ends at its timeout)."""
-        return [thread for thread in (self._thread, *self._retired) if thread is not None and thread.is_alive()]
+        return self._reading.alive
 
     async def close(self) -> None:
         self._demand.close()
-        self._retire_reader()
-        for thread in self._retired:
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, JOIN_TIMEOUT)
-            if thread.is_alive():
-                log.info("programme %s: its reader ends at its read timeout", self.name)
+        await self._reading.close()
         self._subscribers.clear()
         self._drop_frames()
 
