@@ -28,6 +28,7 @@ import av
 
 from streaming.clock import SYSTEM_CLOCK, Clock
 from streaming.demand import IDLE_AFTER, Demand
+from streaming.heap import release_free_heap
 from streaming.livesource import LiveVideoSource
 from streaming.programmeanalysis import ProgrammeAnalysis
 from streaming.programmereader import ProgrammeReader, ProgrammeState
@@ -103,6 +104,8 @@ class Programme:
             self._reading.stop()
             self._changed(ProgrammeState(self.name, "idle", reason=f"unused for {self._demand.idle_after:g} s"))
         self._drop_frames()
+        # The frames' memory back to the system, not kept by malloc for the next ones (blocking: a thread).
+        asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     def _start_reader(self) -> None:
         self._loop = asyncio.get_running_loop()
