@@ -24,6 +24,9 @@ from streaming.programmereader import ProgrammeState
 from streaming.srtrelay import RELAY, srt_mode
 
 SCHEMES = ("srt", "rtmp", "rtmps", "rtsp", "rtsps", "http", "https")
+# Seconds a thumbnail of an idle programme waits for its first frame: its reading starts with the request
+# (a pulled stream's connection and probe, a listener's next keyframe). A pulled stream's open times out at 10 s.
+PICTURE_WAIT = 10.0
 ACCEPTED = ("srt://HOST:PORT?mode=listener|caller, rtmp(s)://HOST[:PORT]/APP/STREAM, rtsp(s)://HOST[:PORT]/PATH "
             "or http(s)://HOST/PATH.m3u8 (HLS)")
 
@@ -96,10 +99,8 @@ def check_no_clash(specs, file_names) -> None:
                          "rename the live source(s) in [live_sources] or the file(s)")
 
 
-def programme_thumbnail(programme: Programme) -> bytes:
-    """The programme's last frame as a picker's tile (blocking: call in a thread). An idle programme
-    has none: the request that asked (``touch``) starts reading it for the next one."""
-    latest = programme.latest
+def programme_thumbnail(programme: Programme, latest: tuple | None) -> bytes:
+    """The programme's last frame (``Programme.picture``) as a picker's tile (blocking: call in a thread)."""
     if latest is None:
         raise UnknownSource(f"live source {programme.name} has no picture yet ({programme.state})")
     return jpeg_thumbnail(latest[0].to_ndarray(format="rgb24"))

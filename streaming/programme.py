@@ -26,7 +26,7 @@ from typing import Callable
 
 import av
 
-from streaming.clock import SYSTEM_CLOCK, Clock
+from streaming.clock import SYSTEM_CLOCK, Clock, sleep_unless
 from streaming.demand import IDLE_AFTER, Demand
 from streaming.heap import release_free_heap
 from streaming.livesource import LiveVideoSource
@@ -70,6 +70,8 @@ class Programme:
         # A listener on demand decodes only while this is set; its reader runs from start-up on.
         self._decode = threading.Event() if on_demand and self.listener else None
         self._demand = Demand(self._begin, self._end, idle_after, idle_clock)
+        self._idle_clock = idle_clock
+        self._pictured = asyncio.Event()  # set while it has a last frame
         self._reading = ReaderThread(name)
 
     # ---- lifecycle (loop) -----------------------------------------------------------------------------
@@ -88,6 +90,14 @@ class Programme:
     def touch(self) -> None:
         """A use with no session behind it (a thumbnail): read it, until the grace period has passed."""
         self._demand.touch()
+
+    async def picture(self, wait: float) -> tuple[av.VideoFrame, float] | None:
+        """Its last frame (a thumbnail's). An idle programme is read from now on, and its first frame
+        waited for up to ``wait`` seconds (on the idle clock); None if none came."""
+        self.touch()
+        if self.latest is None:
+            await sleep_unless(self._idle_clock, wait, self._pictured)
+        return self.latest
 
     def _begin(self) -> None:
         if self._decode is not None:
@@ -118,6 +128,7 @@ class Programme:
     def _drop_frames(self) -> None:
         """Nothing decoded is kept while unused: the last frame, the shared analysis' frames, the queue."""
         self.latest = None
+        self._pictured.clear()
         self.analysis.clear()
         while True:
             try:
@@ -193,6 +204,7 @@ class Programme:
             if not self._demand.running:
                 continue  # decoded as it stopped: not kept
             self.latest = (frame, due)
+            self._pictured.set()
             self.frames += 1
             self.analysis.add(frame)
             for push in list(self._subscribers.values()):

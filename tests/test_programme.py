@@ -277,14 +277,12 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
             idle = (await control.request("stats"))["live_sources"][0]  # pulled: not read while unused
             assert (idle["state"], idle["decoding"], idle["frames"]) == ("idle", False, 0)
             async with aiohttp.ClientSession() as http:  # the console's picker shows its last frame
-                async with http.get(server.url + "sources/studio/thumbnail") as response:  # starts reading it
-                    assert response.status == 404
-                    assert "live source studio has no picture yet (connecting)" in await response.text()
-                await _programme_event(control, seen, "connected")
+                # Asking for its thumbnail starts reading it; the answer waits for its first frame.
                 async with http.get(server.url + "sources/studio/thumbnail") as response:
                     assert response.status == 200 and response.content_type == "image/jpeg"
                     thumbnail = Image.open(io.BytesIO(await response.read()))
             assert thumbnail.size == (160, 160) and read_mark(np.asarray(thumbnail.convert("RGB"))) >= 500
+            await _programme_event(control, seen, "connected")
             created = await control.request("create", source="studio")
             session = server.manager.get(created["session"])
             viewer = asyncio.create_task(_watch(session, played))

@@ -4,6 +4,7 @@ but decodes only while used; stopping ends the reader thread and the relay and d
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -134,12 +135,19 @@ async def test_a_listener_takes_its_sender_with_no_session_but_decodes_only_whil
     try:
         programme.start()  # listening from start-up on
         await until(lambda: len(_relays(sender)) == 1, 10)
+        asking = asyncio.ensure_future(programme.picture(5))  # a thumbnail while no sender is there
+        await clock.advance(5)
+        assert await asking is None and programme.decoding  # none came: "no picture yet"
+        await clock.advance(30)
+        assert not programme.decoding  # asked for nothing more: decoding stops again
         sender = SrtSender(port)
         await until(lambda: states, 20)
         assert [(s.state, s.size) for s in states] == [("connected", "320x320")]  # the sender is there
         sent = sender.encoder.sent
         await until(lambda: sender.encoder.sent >= sent + 45, 20)  # 1.5 s more of programme: not decoded
         assert programme.frames == 0 and not programme.decoding and _holds_nothing(programme)
+        picture = await asyncio.wait_for(programme.picture(5), 20)  # a thumbnail: from the next keyframe
+        assert picture is not None and read_mark(picture[0].to_ndarray(format="rgb24")) >= 45
         unsubscribe = programme.subscribe(lambda frame, due: received.append(frame))
         await until(lambda: len(received) >= 30, 20)  # decoded from the next keyframe on
         unsubscribe()
