@@ -61,7 +61,8 @@ def child_cpu() -> float:
 
 
 async def run(width: int, height: int, seconds: float) -> dict:
-    from _programme_servers import free_udp_port, read_mark
+    from _media_servers import free_udp_port
+    from _programme_servers import read_mark
 
     from streaming.programme import Programme
 

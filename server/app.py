@@ -41,7 +41,7 @@ from server.envelope import HTTP_CODES, EnvelopeAppRunner
 from server.envelope import problem as _problem
 from streaming.heap import bound_heap
 from server.httplog import AccessLogger, http_logger
-from server.livesources import check_no_clash, programme_thumbnail
+from server.livesources import PICTURE_WAIT, check_no_clash, programme_thumbnail
 from server.lockout import AuthLockout
 from server.manager import GeneratorUnavailable, LimitReached, SessionManager, UnknownSession
 from server.metrics import CONTENT_TYPE, render
@@ -233,7 +233,9 @@ class LiveServer:
         name = request.match_info["name"]
         programme = self.manager.programmes.get(name)
         if programme is not None:  # the programme's last frame, made afresh each time
-            data = await asyncio.get_running_loop().run_in_executor(None, programme_thumbnail, programme)
+            # An idle one is read from now on (until live_source_idle after), its first frame waited for.
+            latest = await programme.picture(PICTURE_WAIT)
+            data = await asyncio.get_running_loop().run_in_executor(None, programme_thumbnail, programme, latest)
             return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
         data = await asyncio.get_running_loop().run_in_executor(None, self.thumbnails.jpeg, name)
         return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "max-age=60"})

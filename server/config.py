@@ -62,6 +62,7 @@ class ServerConfig:
     max_sessions: int = 4
     max_viewers: int = 8
     idle_timeout: float = 60.0
+    live_source_idle: float = 30.0  # seconds a live source is still read after its last session (0: always read)
     connect_timeout: float = 20.0  # a WebRTC peer not connected this long after its answer is dropped
     token: str | None = dataclasses.field(default=None, repr=False)
     ice_servers: tuple[IceServer, ...] = ()
@@ -193,13 +194,15 @@ def build_config(settings: dict) -> ServerConfig:
     get = lambda key, default: s.get(key, default)  # noqa: E731
     merged = {key: get(key, getattr(defaults, key)) for key in
               ("host", "port", "sources", "generator", "worker", "workers", "delay", "lead", "max_sessions",
-               "max_viewers", "idle_timeout", "connect_timeout", "max_message_bytes", "max_sdp_bytes")}
+               "max_viewers", "idle_timeout", "live_source_idle", "connect_timeout", "max_message_bytes",
+               "max_sdp_bytes")}
     for key, kind, low, high, unit in (("port", int, 0, 65535, "a port number"),
                                        ("workers", int, 0, 64, "a whole number"),
                                        ("delay", float, 0.5, 30, "seconds"), ("lead", float, 0, 1, "seconds"),
                                        ("max_sessions", int, 1, 256, "a whole number"),
                                        ("max_viewers", int, 1, 256, "a whole number"),
                                        ("idle_timeout", float, 1, 86400, "seconds"),
+                                       ("live_source_idle", float, 0, 86400, "seconds"),
                                        ("connect_timeout", float, 0.5, 600, "seconds"),
                                        ("max_message_bytes", int, 256, 16 << 20, "bytes"),
                                        ("max_sdp_bytes", int, 1024, 1 << 20, "bytes")):
@@ -297,7 +300,7 @@ def _mqtt_config(s: dict) -> MqttConfig | None:
 
 KNOWN_KEYS = {
     "host", "port", "sources", "generator", "generator_option", "generator_options", "weights", "device",
-    "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "connect_timeout", "token", "token_file", "ice_server", "ice_servers",
+    "worker", "workers", "delay", "lead", "size", "max_sessions", "max_viewers", "idle_timeout", "live_source_idle", "connect_timeout", "token", "token_file", "ice_server", "ice_servers",
     "gpus", "parallel", "ice_loopback", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password", "mqtt_password_file",
     "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_stats_interval", "max_message_bytes",
     "max_sdp_bytes", "simulate", "live_sources", "output_url", "allow_output_host",

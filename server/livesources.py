@@ -1,10 +1,11 @@
 """The operator's live programme sources: ``[live_sources]`` in the config file, name -> URL, checked at
-start-up, then read for the server's whole life and used by sessions by name, like library files.
+start-up and used by sessions by name, like library files.
 
 Clients only ever name a source; no URL a client sends is opened (the operator's config is the only
-place a URL comes from). Sources start with the server, not with their first session: a listener must
-be up before the sender can connect, and a session created later finds the programme already decoded
-(its last frame to start from) instead of waiting for a connection and a keyframe.
+place a URL comes from). A source is read while sessions use it, and for ``live_source_idle`` seconds
+after the last one ended (a session swapped or restarted meanwhile finds it running); an SRT listener
+listens from start-up on (its sender may call at any time) but decodes only while used
+(streaming/programme.py). ``live_source_idle`` 0 reads every source from start-up to shutdown.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import urllib.parse
 from typing import Callable
 
 from server.sources import NAME_PATTERN, UnknownSource, jpeg_thumbnail
+from streaming.clock import SYSTEM_CLOCK, Clock
+from streaming.demand import IDLE_AFTER
 from streaming.errors import InputError
 from streaming.programme import Programme
 from streaming.programmereader import ProgrammeState
-from streaming.srtrelay import RELAY
+from streaming.srtrelay import RELAY, srt_mode
 
 SCHEMES = ("srt", "rtmp", "rtmps", "rtsp", "rtsps", "http", "https")
+# Seconds a thumbnail of an idle programme waits for its first frame: its reading starts with the request
+# (a pulled stream's connection and probe, a listener's next keyframe). A pulled stream's open times out at 10 s.
+PICTURE_WAIT = 10.0
 ACCEPTED = ("srt://HOST:PORT?mode=listener|caller, rtmp(s)://HOST[:PORT]/APP/STREAM, rtsp(s)://HOST[:PORT]/PATH "
             "or http(s)://HOST/PATH.m3u8 (HLS)")
 
@@ -69,7 +75,7 @@ def _check_url(name: str, url) -> str:
     if scheme not in SCHEMES or port == -1:
         raise InputError(f"bad live source {name} = {url[:120]!r}: accepted are {ACCEPTED}")
     if scheme == "srt":
-        mode = urllib.parse.parse_qs(parts.query).get("mode", ["caller" if parts.hostname else "listener"])[-1]
+        mode = srt_mode(url)
         if port is None or mode not in ("listener", "caller") or (mode == "caller" and not parts.hostname):
             raise InputError(f"bad live source {name} = {url[:120]!r}: an SRT source needs a port and "
                              "mode=listener (srt://0.0.0.0:PORT?mode=listener) or mode=caller with a host")
@@ -93,19 +99,20 @@ def check_no_clash(specs, file_names) -> None:
                          "rename the live source(s) in [live_sources] or the file(s)")
 
 
-def programme_thumbnail(programme: Programme) -> bytes:
-    """The programme's last frame as a picker's tile (blocking: call in a thread)."""
-    latest = programme.latest
+def programme_thumbnail(programme: Programme, latest: tuple | None) -> bytes:
+    """The programme's last frame (``Programme.picture``) as a picker's tile (blocking: call in a thread)."""
     if latest is None:
         raise UnknownSource(f"live source {programme.name} has no picture yet ({programme.state})")
     return jpeg_thumbnail(latest[0].to_ndarray(format="rgb24"))
 
 
 class Programmes:
-    """The configured live sources by name, started together with the server."""
+    """The configured live sources by name; ``start`` with the server (listeners listen from then on)."""
 
-    def __init__(self, specs, on_state: Callable[[ProgrammeState], None]) -> None:
-        self._by_name = {spec.name: Programme(spec.name, spec.url, on_state) for spec in specs}
+    def __init__(self, specs, on_state: Callable[[ProgrammeState], None], idle_after: float = IDLE_AFTER,
+                 idle_clock: Clock = SYSTEM_CLOCK) -> None:
+        self._by_name = {spec.name: Programme(spec.name, spec.url, on_state, idle_after=idle_after,
+                                              idle_clock=idle_clock) for spec in specs}
 
     def get(self, name) -> Programme | None:
         return self._by_name.get(name) if isinstance(name, str) else None

@@ -103,8 +103,9 @@ class SessionManager:
         self._source_warm_costs: dict[tuple[str, str], float] = {}
         self._origins: dict[str, float] = {}  # session -> its clock origin, from its creation on
         self.sources = SourceCache()  # sessions on one library source share its decoded frames
-        # The operator's live programme sources: read from start-up on, shared by the sessions on them.
-        self.programmes = Programmes(config.live_sources, lambda state: self.emit(state.message()))
+        # The operator's live programme sources: read while sessions use them, shared by those sessions.
+        self.programmes = Programmes(config.live_sources, lambda state: self.emit(state.message()),
+                                     config.live_source_idle)
 
     # ---- events -----------------------------------------------------------------------------------------
     def listen(self, listener: Callable[[dict], None]) -> Callable[[], None]:
@@ -223,8 +224,8 @@ class SessionManager:
     async def prepare(self) -> str:
         """Load the default generator at start-up (a shared GPU model, or the hosts of the sessions'
         instances), warm it on a library source to measure its chunk cost, and refuse a --delay below what
-        it needs. The live programme sources start reading now (a listener must be up before its sender
-        connects)."""
+        it needs. The live programme listeners start listening now (a listener must be up before its sender
+        connects); pulled programmes are read from their first session on."""
         self.programmes.start()
         spec, _ = self._spec(None)
         pool = await self.pool()

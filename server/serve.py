@@ -43,6 +43,8 @@ def add_serve(commands) -> None:
     add("--max-viewers", type=int, metavar="N", help="WHEP viewers per session (default 8)")
     add("--idle-timeout", type=float, metavar="SECONDS", help="end a session after this long without "
                                                               "ingest audio (default 60)")
+    add("--live-source-idle", type=float, metavar="SECONDS", help="stop reading a live source (decoding, for "
+        "an SRT listener) this long after its last session ended (default 30; 0: read from start-up on)")
     add("--connect-timeout", type=float, metavar="SECONDS", help="drop a WebRTC peer not connected this long "
                                                                  "after its answer (default 20)")
     add("--token", help="bearer token required on WHIP/WHEP/control/metrics (prefer --token-file)")

@@ -87,6 +87,17 @@ class ProgrammeAnalysis:
             return None
         return WindowAnalysis(indices, numbers, self.at_size(tuple(size)))
 
+    @property
+    def kept(self) -> int:
+        return len(self._frames)
+
+    def clear(self) -> None:
+        """Forget every kept frame and its analysis (the programme stopped; numbers go on from where they were)."""
+        with self._lock:
+            self._frames.clear()
+            self._numbers.clear()
+        self.close()
+
     def close(self) -> None:
         with self._lock:
             analyses = list(self._by_size.values())

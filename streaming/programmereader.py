@@ -1,7 +1,8 @@
 """The reading side of a live programme source: one thread per source that opens the stream with PyAV
 (through the SRT relay for ``srt://``), decodes its video, puts each frame on the server's clock by its
 own timestamp (streaming/restamp.py), and hands it over; when the stream drops, it reopens it with
-backoff. PyAV blocks, so none of this runs on the event loop.
+backoff. PyAV blocks, so none of this runs on the event loop. A listener's reader may be given a decode gate
+(streaming/gateddecoder.py): it then keeps the connection and demuxes, but decodes only while the gate is set.
 
 The thread owns the container, the decoder and the restamper; it shares nothing mutable. What leaves
 it goes through the two callbacks only: ``on_frame(frame, due)`` with a decoded ``av.VideoFrame`` at its
@@ -21,6 +22,7 @@ from typing import Callable, ClassVar
 import av
 
 from streaming.backoff import Backoff
+from streaming.gateddecoder import GatedDecoder
 from streaming.restamp import Restamper
 from streaming.srtrelay import RelayMissing, RelayStream
 
@@ -35,7 +37,8 @@ PROBE_OPTIONS = {"probesize": "500000", "analyzeduration": "1000000"}
 
 @dataclasses.dataclass(frozen=True)
 class ProgrammeState:
-    """A programme source's connection changed: ``connected``, ``lost`` or ``reconnecting``."""
+    """A programme source's connection changed: ``connected``, ``lost`` or ``reconnecting``; or it stopped
+    being read (``idle``: no session used it for the grace period)."""
 
     name: ClassVar[str] = "programme"
     source: str
@@ -57,13 +60,14 @@ class ProgrammeReader:
 
     def __init__(self, name: str, url: str, on_frame: Callable[[av.VideoFrame, float], None],
                  on_state: Callable[[ProgrammeState], None], now: Callable[[], float] = time.monotonic,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, decode: threading.Event | None = None) -> None:
         self.name = name
         self.url = url
         self._on_frame = on_frame
         self._on_state = on_state
         self._now = now
         self._backoff = backoff or Backoff(cap=RECONNECT_CAP)
+        self._decode = decode  # None: decode every frame; else only while it is set
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -81,15 +85,19 @@ class ProgrammeReader:
                     # Slice threads, not frame threads: those hold frames back (a frame per thread) and
                     # release the last ones only when the stream ends, long after they were due.
                     stream.thread_type = "SLICE"
+                    decoder = GatedDecoder(stream, self._decode, restamper.reset)
                     for packet in container.demux(stream):
-                        for frame in packet.decode():
+                        for frame in decoder.decode(packet):
                             if ended() is not None:
                                 break  # the demuxer's last frame, given up at the end: stale
                             self._hand_over(frame, restamper)
                             if not connected:  # after its first frame: a connected programme has a picture
                                 connected, attempt = True, 0
-                                self._on_state(ProgrammeState(self.name, "connected",
-                                                              size=f"{frame.width}x{frame.height}"))
+                                self._connected(f"{frame.width}x{frame.height}")
+                        if not connected and packet.size and not decoder.wanted:
+                            connected, attempt = True, 0  # a sender is there; nobody watches it yet
+                            context = stream.codec_context
+                            self._connected(f"{context.width}x{context.height}" if context.width else None)
                         if self.stop.is_set():
                             break
                     reason = ended() or reason
@@ -108,6 +116,9 @@ class ProgrammeReader:
             self._on_state(ProgrammeState(self.name, "reconnecting", reason=None if connected else reason,
                                           attempt=attempt, retry_in=delay))
             self.stop.wait(delay)
+
+    def _connected(self, size: str | None) -> None:
+        self._on_state(ProgrammeState(self.name, "connected", size=size))
 
     def _hand_over(self, frame: av.VideoFrame, restamper: Restamper) -> None:
         due = restamper.due(frame.time, self._now())

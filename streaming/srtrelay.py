@@ -46,6 +46,12 @@ def relay_url(url: str) -> str:
     return urllib.parse.urlunsplit(("srt", parts.netloc, "", parts.query, ""))
 
 
+def srt_mode(url: str) -> str:
+    """An srt:// URL's mode as FFmpeg reads it: ``mode=``, else caller with a host, listener without."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.parse_qs(parts.query).get("mode", ["caller" if parts.hostname else "listener"])[-1]
+
+
 class RelayStream:
     """A running relay and the read end of its MPEG-TS output (``read`` only: PyAV sees a pipe)."""
 

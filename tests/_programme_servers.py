@@ -7,6 +7,8 @@ a test can tell which programme frame a session's output frame shows, through H.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import threading
 import time
@@ -101,10 +103,12 @@ class PacedEncoder:
 
 
 class SrtSender:
-    """An SRT caller (srt-live-transmit) sending PyAV's MPEG-TS to ``port`` on loopback."""
+    """An SRT caller (srt-live-transmit) sending PyAV's MPEG-TS to ``port`` on loopback; ``listener``:
+    an SRT listener on ``port`` instead, which the programme calls."""
 
-    def __init__(self, port: int, first: int = 0, fps: Fraction = Fraction(30)) -> None:
-        self.process = subprocess.Popen(["srt-live-transmit", "-q", "file://con", f"srt://127.0.0.1:{port}"],
+    def __init__(self, port: int, first: int = 0, fps: Fraction = Fraction(30), listener: bool = False) -> None:
+        target = f"srt://127.0.0.1:{port}?mode=listener" if listener else f"srt://127.0.0.1:{port}"
+        self.process = subprocess.Popen(["srt-live-transmit", "-q", "file://con", target],
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         self.encoder = PacedEncoder(_Flushing(self.process.stdin), "mpegts", first, fps)
@@ -119,3 +123,26 @@ class SrtSender:
         except OSError:
             pass
 
+
+async def until(condition, limit: float) -> None:
+    """Wait (bounded) until ``condition()`` holds; the outcome is judged on what was played, not on time."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+def relay_children() -> list[str]:
+    """This process's srt-live-transmit children, zombies included (``/proc``: state and parent)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            if name.startswith("srt-live-trans") and int(rest[1]) == os.getpid():
+                found.append(f"{entry} {name} {rest[0]}")
+    return found

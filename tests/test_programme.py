@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-import os
 import random
 import socket
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from _media_servers import Nginx, free_udp_port, missing_nginx, missing_srt
-from _programme_servers import PacedEncoder, SrtSender, read_mark
+from _programme_servers import PacedEncoder, SrtSender, read_mark, relay_children, until
 from _server_support import control_url, feed_in_real_time, speech_48k, start_server
 
 from client.control import ControlClient, ControlError
@@ -173,14 +172,6 @@ async def _programme_event(control: ControlClient, seen: list, state: str, limit
             return event
 
 
-async def _until(condition, limit: float) -> None:
-    """Wait (bounded) until ``condition()`` holds; the outcome is judged on what was played, not on time."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.05)
-
-
 async def _watch(session, played: list) -> None:
     """A viewer at 25 fps: every output frame at its due time, as (index, kind, programme frame shown)."""
     n = session.clock.frame_at(time.monotonic()) + 1
@@ -189,22 +180,6 @@ async def _watch(session, played: list) -> None:
         image, kind = session.timeline.frame(n)
         played.append((n, kind, read_mark(image) if kind != "idle" else None))
         n += 1
-
-
-def _relays() -> list[str]:
-    """This process's srt-live-transmit children, zombies included (``/proc``: state and parent)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    stat = handle.read()
-            except OSError:
-                continue
-            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-            if name.startswith("srt-live-trans") and int(rest[1]) == os.getpid():
-                found.append(f"{entry} {name} {rest[0]}")
-    return found
 
 
 def _captured(session) -> int:
@@ -245,18 +220,18 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
                 await control.request("swap_reference", session=session.id, source="programme")
             viewer = asyncio.create_task(_watch(session, played))
             feed = asyncio.create_task(feed_in_real_time(session, np.tile(speech_48k(10.0), 3)))
-            await _until(lambda: _captured(session) >= 100, 30)
+            await until(lambda: _captured(session) >= 100, 30)
             sender.kill()
             killed_at = _captured(session)
             lost = await _programme_event(control, seen, "lost")
             await _programme_event(control, seen, "reconnecting")
             assert lost["reason"]
-            await _until(lambda: _captured(session) >= killed_at + 75, 30)  # 3 s without
+            await until(lambda: _captured(session) >= killed_at + 75, 30)  # 3 s without
             held_until = _captured(session)
             sender = SrtSender(port, first=2000)
             await _programme_event(control, seen, "connected")
             back_at = _captured(session)
-            await _until(lambda: _captured(session) >= back_at + 125, 30)  # 5 s of the programme back
+            await until(lambda: _captured(session) >= back_at + 125, 30)  # 5 s of the programme back
             feed.cancel()  # the speech ends here
             session.end_ingest()
             await asyncio.wait_for(session.finished.wait(), session.clock.delay + 10)
@@ -268,7 +243,7 @@ async def test_an_srt_programme_feeds_a_live_lite_session_and_a_dropped_sender_i
         if sender is not None:
             sender.kill()
         await server.stop()
-    assert _relays() == []  # the server's SRT relays were killed and reaped (no zombies)
+    assert relay_children() == []  # the server's SRT relays were killed and reaped (no zombies)
     assert seen == ["connected", "lost", "reconnecting", "connected"]
     assert stats[0]["state"] == "connected" and stats[0]["frames"] > 200
     shown = {n: (kind, mark) for n, kind, mark in played}
@@ -301,16 +276,19 @@ async def test_an_rtmp_programme_from_nginx_feeds_a_session(tmp_path):
     seen: list = []
     server = None
     try:
-        await _until(lambda: publisher.sent >= 15, 20)  # publishing: a player finds the stream there
+        await until(lambda: publisher.sent >= 15, 20)  # publishing: a player finds the stream there
         server = await start_server(str(tmp_path / "sources"), size="256x256",
                                     live_sources={"studio": nginx.url("programme")})
         async with ControlClient(control_url(server)) as control:
-            await _programme_event(control, seen, "connected")
+            idle = (await control.request("stats"))["live_sources"][0]  # pulled: not read while unused
+            assert (idle["state"], idle["decoding"], idle["frames"]) == ("idle", False, 0)
             async with aiohttp.ClientSession() as http:  # the console's picker shows its last frame
+                # Asking for its thumbnail starts reading it; the answer waits for its first frame.
                 async with http.get(server.url + "sources/studio/thumbnail") as response:
                     assert response.status == 200 and response.content_type == "image/jpeg"
                     thumbnail = Image.open(io.BytesIO(await response.read()))
             assert thumbnail.size == (160, 160) and read_mark(np.asarray(thumbnail.convert("RGB"))) >= 500
+            await _programme_event(control, seen, "connected")
             created = await control.request("create", source="studio")
             session = server.manager.get(created["session"])
             viewer = asyncio.create_task(_watch(session, played))
@@ -338,11 +316,11 @@ async def test_an_hls_programme_is_read_at_its_own_pace_a_segment_ahead(tmp_path
     states: list = []
     received: list = []
     programme = Programme("feed", nginx.hls_url("programme"), states.append)
-    programme.subscribe(lambda frame, due: received.append((time.monotonic(), due, frame)))
     try:
-        await _until(lambda: playlist.exists() and playlist.read_text().count(".ts") >= 3, 20)
-        programme.start()
-        await _until(lambda: len(received) >= 150, 20)
+        await until(lambda: playlist.exists() and playlist.read_text().count(".ts") >= 3, 20)
+        programme.start()  # a pulled source: read from its first session (subscriber) on
+        programme.subscribe(lambda frame, due: received.append((time.monotonic(), due, frame)))
+        await until(lambda: len(received) >= 150, 20)
     finally:
         await programme.close()
         publisher.stop()
@@ -365,10 +343,10 @@ async def test_an_srt_listener_that_cannot_start_is_retried_with_the_relays_reas
     programme = Programme("programme", f"srt://0.0.0.0:{port}?mode=listener", states.append)
     programme.start()
     try:
-        await _until(lambda: len(states) >= 2, 20)
+        await until(lambda: len(states) >= 2, 20)
     finally:
         await programme.close()
         squatter.close()
     assert [(s.state, s.attempt, s.retry_in) for s in states[:2]] == [("reconnecting", 1, 0.5), ("reconnecting", 2, 1.0)]
     assert states[0].reason.startswith("srt-live-transmit: ") and "srt_bind" in states[0].reason
-    assert programme.state == "reconnecting" and _relays() == []
+    assert programme.state == "reconnecting" and relay_children() == []
