@@ -29,6 +29,7 @@ from streaming.session import LiveSession, SessionSettings, check_delay
 from streaming.source import VideoSource
 from streaming.pool import GeneratorPool
 from streaming.workers import GeneratorSpec
+from streaming.i420 import i420_to_rgb
 
 PLAN = ChunkPlan(window=9, context=3)  # chunk 0: 0.36 s, then one chunk every 0.24 s
 RED, BLUE = (200, 30, 30), (30, 30, 200)
@@ -68,6 +69,7 @@ async def _run_virtual(session: LiveSession, clock: VirtualClock, seconds: float
         nonlocal n
         while session.state != "ended" and session.clock.frame_due(n) <= clock.now():
             image, kind = session.timeline.frame(n)
+            image = i420_to_rgb(image)  # the timeline keeps whole frames as I420
             played.append((n, kind, image))
             n += 1
 
@@ -94,6 +96,7 @@ async def _run(session: LiveSession, seconds: float) -> list[tuple[int, str, np.
         while session.state != "ended":
             await asyncio.sleep(max(0.0, session.clock.frame_due(n) - time.monotonic()))
             image, kind = session.timeline.frame(n)
+            image = i420_to_rgb(image)  # the timeline keeps whole frames as I420
             played.append((n, kind, image))
             n += 1
 
