@@ -40,13 +40,22 @@ class I420Frames:
     """A slot's frames as I420, one array each (the timeline's sequence surface: ``len`` and ``[k]``)."""
 
     def __init__(self, frames: np.ndarray) -> None:
-        self._frames = [rgb_to_i420(image) for image in frames]
+        self._frames: list[np.ndarray | None] = [rgb_to_i420(image) for image in frames]
+        self._released = 0  # frames before this one are let go
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def __getitem__(self, k: int) -> np.ndarray:
+    def __getitem__(self, k: int) -> np.ndarray | None:
+        """Frame ``k``, or None once released."""
         return self._frames[k]
+
+    def release_before(self, k: int) -> None:
+        """Let go of the frames before ``k`` (played, every viewer past them): a slot's memory goes a
+        frame at a time instead of all at once after its last frame."""
+        for i in range(self._released, min(k, len(self._frames))):
+            self._frames[i] = None
+        self._released = max(self._released, k)
 
 
 def compact(frames: np.ndarray):

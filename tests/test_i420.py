@@ -18,6 +18,7 @@ from streaming.chunker import ChunkPlan
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.i420 import I420Frames, compact, i420_to_rgb, image_size
 from streaming.sharedsource import SharedClip
+from streaming.timeline import OutputTimeline
 
 SIZE = (64, 96)  # height, width
 
@@ -79,3 +80,23 @@ def test_the_engine_context_owns_its_frames_instead_of_viewing_the_chunk():
     engine.set_context(first.source_frames, None)
     third = engine.request(1, audio)
     assert third.context_frames.base is None and not np.shares_memory(third.context_frames, first.source_frames)
+
+
+def test_an_i420_slot_lets_go_of_played_frames_one_at_a_time():
+    plan = ChunkPlan(window=10, context=3)
+    frames = _frames(10)
+    timeline = OutputTimeline(plan, np.zeros((*SIZE, 3), np.uint8))
+    timeline.offer(0, compact(frames), "generated")
+    shown, kind = timeline.frame(3)
+    assert kind == "generated" and np.array_equal(shown, compact(frames[3:4])[0])
+    timeline.release_before(4)  # frames 0-3 are behind every viewer; the slot (0-9) stays
+    assert timeline.slot(0) is not None and timeline.slot(0).frames[3] is None
+    assert timeline.frame(4)[1] == "generated" and np.array_equal(timeline.frame(4)[0], compact(frames[4:5])[0])
+    image, kind = timeline.frame(2)  # a released frame: the last one shown, as where no slot is
+    assert kind == "idle" and np.array_equal(image, compact(frames[4:5])[0])
+    timeline.release_before(10)
+    assert timeline.slot(0) is None
+    rgb = OutputTimeline(plan, np.zeros((*SIZE, 3), np.uint8))  # an RGB slot goes whole, as before
+    rgb.offer(0, frames, "generated")
+    rgb.release_before(4)
+    assert rgb.frame(2)[1] == "generated"
