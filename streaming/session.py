@@ -86,7 +86,7 @@ def lowest_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings
 def ring_seconds(settings: SessionSettings, plan: ChunkPlan, margins: float) -> float:
     """Speech the session's rings keep: as far back as its readers look (playout at the delay; a chunk's
     window with the generator's audio margins, read once captured) and ``RING_SLACK`` more, at most
-    ``buffer_seconds``. At a 5.5 s delay that is 19 s instead of 40 (8 MiB less a session once written)."""
+    ``buffer_seconds``. For `lite` at a 5.5 s delay that is 21 s instead of 40 (8 MiB less a session once written)."""
     return min(settings.buffer_seconds, settings.delay + plan.window / FPS + margins + RING_SLACK)
 
 
