@@ -31,6 +31,7 @@ from streaming.clock import Clock, sleep_unless
 from streaming.composite import crop
 from streaming.engine import AudioTrack, ChunkEngine
 from streaming.events import ChunkDone, ChunkSlot, Degraded, SessionError, SessionEvent
+from streaming.i420 import compact
 from streaming.livesource import FrameWindow, LiveVideoSource
 from streaming.region import RegionFinder, framing_info, nominal_work, whole_frame
 from streaming.regionsource import ComposedFrames, RegionSource
@@ -277,7 +278,7 @@ class ChunkLoop:
             self.tier_counts["skip"] += 1
             self._emit(Degraded(report, "skip", round(decision.time_left, 3),
                                 reason="no tier fits the time left before the slot"))
-            return self._fell_back(index, request, fallback, "skipped", report)
+            return await self._fell_back(index, request, fallback, "skipped", report, view)
         self.tier_counts[decision.tier.name] += 1
         if decision.degraded:
             self._emit(Degraded(report, "tier", round(decision.time_left, 3), tier=decision.tier.name,
@@ -287,21 +288,22 @@ class ChunkLoop:
         try:
             result = await pool.run(dataclasses.replace(request, tier=decision.tier), deadline)
         except (Expired, PoolBusy) as exc:
-            return self._fell_back(index, request, fallback, "late", report, str(exc))
+            return await self._fell_back(index, request, fallback, "late", report, view, str(exc))
         except GeneratorFailed as exc:
             code = "worker_died" if isinstance(exc, WorkerDied) else "generator_failed"
             self._emit(SessionError(code, str(exc)[:300], chunk=index))
-            return self._fell_back(index, request, fallback, "failed", report)
+            return await self._fell_back(index, request, fallback, "failed", report, view)
         cost = self._now() - started
         self.scheduler.record(decision.tier, cost)
         self.costs.append(cost)
         self.generator_seconds.append(result.seconds)
         if self._now() > deadline:
-            return self._fell_back(index, request, fallback, "late", report, f"took {cost:.3f} s", cost)
-        frames = await self._in_thread(self._accept, request, result, swap)
+            return await self._fell_back(index, request, fallback, "late", report, view, f"took {cost:.3f} s",
+                                         cost)
+        shown = await self._in_thread(self._accept, request, result, swap, chunk, view)
         if self._now() > slot_due:
-            return self._fell_back(index, request, fallback, "late", report, "colour correction", cost)
-        self.timeline.offer(index, self._shown(chunk, frames, view), "generated")
+            return await self._fell_back(index, request, fallback, "late", report, view, "colour correction", cost)
+        self.timeline.offer(index, shown, "generated")
         self.counts["generated"] += 1
         self._emit(ChunkDone(report, "on_time", decision.tier.name, round(cost, 4), round(result.seconds, 4),
                              info=_jsonable({**result.info, **framing_info(view and view[0])})))
@@ -330,12 +332,18 @@ class ChunkLoop:
         source = self.engine.source
         return source.reader.frame(0) if isinstance(source, RegionSource) else source.frame(0)
 
-    def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str, report: ChunkSlot,
-                   reason: str | None = None, cost: float | None = None) -> None:
+    async def _fell_back(self, index: int, request: ChunkRequest, fallback: np.ndarray, status: str,
+                         report: ChunkSlot, view, reason: str | None = None, cost: float | None = None) -> None:
         """The slot keeps its fallback frames, and the next chunk continues from them."""
         self.engine.set_context(fallback, request.context_frames)
         self.counts[status] += 1
         self._emit(ChunkDone(report, status, seconds=None if cost is None else round(cost, 4), reason=reason))
+        if view is None:
+            # Kept as I420 from now on (the same pixels to the encoder); only a slot that ends here is
+            # converted, not every chunk's fallback, most of which generated frames replace.
+            compacted = await self._in_thread(compact, fallback)
+            if self.timeline.slot(index) is not None:  # not played and released meanwhile
+                self.timeline.offer(index, compacted, "fallback")
 
     def _live_window(self, chunk):
         reference = nearest_keyframe(chunk.start_frame, self.settings.keyframe_interval)
@@ -379,12 +387,13 @@ class ChunkLoop:
         return request, fallback, [round(self.engine.speech_fraction(request, speaker), 3)
                                    for speaker in range(1, request.speakers + 1)], view
 
-    def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None) -> np.ndarray:
+    def _accept(self, request: ChunkRequest, result: ChunkResult, swap: _Swap | None, chunk, view):
+        """What the timeline holds of the chunk's generated frames (I420 for whole frames)."""
         frames = self.engine.accept(request, result)
         if swap is not None and swap.mode == "blend" and request.context_frames is not None:
             frames = _cross_fade(request.context_frames[-1], frames, self.settings.blend_frames)
             self.engine.set_context(frames, request.context_frames)
-        return frames
+        return compact(frames) if view is None else self._shown(chunk, frames, view)
 
     # ---- control ------------------------------------------------------------------------------------
     def swap_reference(self, name: str, source, mode: str) -> dict:

@@ -146,13 +146,15 @@ class ChunkEngine:
         """Carry the last output frames into the next chunk (also used when a fallback filled the slot);
         they show chunk ``index``'s region (by default the last chunk requested)."""
         self._context_framing = self._last_framing if index is None else self.framing(index)
+        # A copy, never a view: a view would keep the whole chunk's frames (or its source window) alive
+        # until the next chunk, after the timeline has kept them in I420 (streaming/i420.py).
         if self.plan.context == 0:
-            self._context = new_frames[:0]
+            self._context = new_frames[:0].copy()
             return
         tail = new_frames[-self.plan.context :]
         if len(tail) < self.plan.context and previous_context is not None:
             tail = np.concatenate([previous_context, tail])[-self.plan.context :]
-        self._context = np.ascontiguousarray(tail)
+        self._context = np.array(tail, copy=True)
 
     def release(self, next_index: int) -> None:
         """Free source frames no later chunk needs."""

@@ -44,6 +44,7 @@ from streaming.workers import nice_this_thread
 
 log = logging.getLogger("livedub.session")
 MAX_DELAY = 30.0
+RING_SLACK = 10.0  # seconds of speech kept beyond the furthest reader's need (a chunk loop running late)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class SessionSettings:
     seed: int = 42
     blend_frames: int = 12  # frames a "blend" reference swap cross-fades over
     idle_timeout: float = 60.0  # seconds without ingest audio before the session ends
-    buffer_seconds: float = 40.0  # speech kept in the rings (must exceed delay + one window)
+    buffer_seconds: float = 40.0  # the most speech kept in the rings (see ring_seconds)
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
     # The region of source-size frames the generator works on (streaming/region.py: face, upper_body,
     # full); None: it works on whole frames at the session's size.
@@ -80,6 +81,13 @@ def lowest_delay(plan: ChunkPlan, right_margin: float, settings: SessionSettings
                  chunk_cost: float | None = None) -> float:
     """``min_delay`` as shown to users, to 0.01 s rounded up (3.91 for a computed 3.9100000000000006)."""
     return math.ceil(min_delay(plan, right_margin, settings, chunk_cost) * 100 - 1e-6) / 100
+
+
+def ring_seconds(settings: SessionSettings, plan: ChunkPlan, margins: float) -> float:
+    """Speech the session's rings keep: as far back as its readers look (playout at the delay; a chunk's
+    window with the generator's audio margins, read once captured) and ``RING_SLACK`` more, at most
+    ``buffer_seconds``. For `lite` at a 5.5 s delay that is 21 s instead of 40 (8 MiB less a session once written)."""
+    return min(settings.buffer_seconds, settings.delay + plan.window / FPS + margins + RING_SLACK)
 
 
 def check_delay(delay: float, plan: ChunkPlan, right_margin: float, settings: SessionSettings,
@@ -108,8 +116,11 @@ class LiveSession:
         self._clock = clock
         self._now = clock.now
         self.clock = SessionClock(clock.now() if origin is None else origin, settings.delay, settings.lead)
-        self.ingest = LiveAudioIngest(settings.buffer_seconds)
-        self.speakers = LiveSpeakers(self.ingest, settings.buffer_seconds)  # speaker 2: a second WHIP ingest
+        margins = pool.profile.audio_margins if fallback_pool is None else widest_margins(pool.profile,
+                                                                                        fallback_pool.profile)
+        kept = ring_seconds(settings, plan, margins.left + margins.right)
+        self.ingest = LiveAudioIngest(kept)
+        self.speakers = LiveSpeakers(self.ingest, kept)  # speaker 2: a second WHIP ingest
         # The session's blocking steps (decoding, building requests) run one at a time off the loop
         # (inline on a virtual clock, in tests).
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(

@@ -68,7 +68,7 @@ class Slot:
     """The output frames of one chunk: ``frames[i]`` is output frame ``start + i``."""
 
     start: int
-    frames: np.ndarray
+    frames: np.ndarray  # or a sequence of frames (streaming/i420.py, a region's composed frames)
     kind: str  # "generated" or "fallback"
 
 
@@ -98,8 +98,9 @@ class OutputTimeline:
         slot = self._slots.get(index) if index is not None else None
         if slot is not None and 0 <= n - slot.start < len(slot.frames):
             image = slot.frames[n - slot.start]
-            self._last_shown = image
-            return image, slot.kind
+            if image is not None:  # None: released, far behind every viewer
+                self._last_shown = image
+                return image, slot.kind
         return (self._last_shown if self._last_shown is not None else self.idle), "idle"
 
     def _chunk_of(self, n: int) -> int | None:
@@ -111,9 +112,13 @@ class OutputTimeline:
         return (n - first.end_frame) // self.plan.stride + 1
 
     def release_before(self, n: int) -> None:
-        """Forget slots that end before output frame ``n`` (every viewer is past them)."""
-        for index in [i for i, s in self._slots.items() if s.start + len(s.frames) <= n]:
-            del self._slots[index]
+        """Forget slots that end before output frame ``n`` (every viewer is past them), and the frames
+        before ``n`` of a slot that can let go of single frames (I420 slots: a frame each)."""
+        for index, slot in list(self._slots.items()):
+            if slot.start + len(slot.frames) <= n:
+                del self._slots[index]
+            elif slot.start < n and hasattr(slot.frames, "release_before"):
+                slot.frames.release_before(n - slot.start)
 
     def __len__(self) -> int:
         return len(self._slots)

@@ -33,6 +33,7 @@ from streaming.programme import Programme
 from streaming.programmereader import RECONNECT_CAP
 from streaming.restamp import Restamper
 from streaming.timeline import SessionClock
+from streaming.i420 import i420_to_rgb
 
 
 # ---- 25 fps by timestamp -------------------------------------------------------------------------------
@@ -178,6 +179,7 @@ async def _watch(session, played: list) -> None:
     while session.state != "ended":
         await asyncio.sleep(max(0.0, session.clock.frame_due(n) - time.monotonic()))
         image, kind = session.timeline.frame(n)
+        image = i420_to_rgb(image)  # the timeline keeps whole frames as I420
         played.append((n, kind, read_mark(image) if kind != "idle" else None))
         n += 1
 

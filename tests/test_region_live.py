@@ -21,6 +21,7 @@ from streaming.sharedsource import SourceCache
 from streaming.source import OutputSize, VideoSource
 from streaming.pool import GeneratorPool
 from streaming.workers import GeneratorSpec
+from streaming.i420 import i420_to_rgb
 
 PLAN = ChunkPlan(window=9, context=3)
 SIZE = (286, 510)  # (height, width): not multiples of 16
@@ -68,6 +69,7 @@ async def _play(session: LiveSession, clock: VirtualClock, seconds: float, video
     def play_due():
         while session.state != "ended" and session.clock.frame_due(len(played)) <= clock.now():
             image, kind = session.timeline.frame(len(played))
+            image = i420_to_rgb(image)  # the timeline keeps whole frames as I420
             played.append((len(played), kind, image))
 
     for k in range(len(speech) // 960):

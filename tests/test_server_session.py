@@ -25,10 +25,11 @@ from streaming.clock import InlineExecutor, VirtualClock
 from streaming.events import message
 from streaming.ingest import PLAYOUT_RATE
 from streaming.errors import InputError
-from streaming.session import LiveSession, SessionSettings, check_delay
+from streaming.session import RING_SLACK, LiveSession, SessionSettings, check_delay
 from streaming.source import VideoSource
 from streaming.pool import GeneratorPool
 from streaming.workers import GeneratorSpec
+from streaming.i420 import i420_to_rgb
 
 PLAN = ChunkPlan(window=9, context=3)  # chunk 0: 0.36 s, then one chunk every 0.24 s
 RED, BLUE = (200, 30, 30), (30, 30, 200)
@@ -68,6 +69,7 @@ async def _run_virtual(session: LiveSession, clock: VirtualClock, seconds: float
         nonlocal n
         while session.state != "ended" and session.clock.frame_due(n) <= clock.now():
             image, kind = session.timeline.frame(n)
+            image = i420_to_rgb(image)  # the timeline keeps whole frames as I420
             played.append((n, kind, image))
             n += 1
 
@@ -94,6 +96,7 @@ async def _run(session: LiveSession, seconds: float) -> list[tuple[int, str, np.
         while session.state != "ended":
             await asyncio.sleep(max(0.0, session.clock.frame_due(n) - time.monotonic()))
             image, kind = session.timeline.frame(n)
+            image = i420_to_rgb(image)  # the timeline keeps whole frames as I420
             played.append((n, kind, image))
             n += 1
 
@@ -292,5 +295,21 @@ async def test_process_worker_passes_frames_through_shared_memory():
                                    context_frames=window[:3], source_frames=window)
             result = await pool.run(request, time.monotonic() + 30)
             np.testing.assert_array_equal(result.frames, window[3:])
+    finally:
+        await pool.close()
+
+
+async def test_the_speech_rings_keep_what_the_delay_needs_not_forty_seconds(stills):
+    pool = await _pool("passthrough")
+    try:
+        short = await _session(pool, stills[0], [], delay=5.5)
+        long = await _session(pool, stills[0], [], delay=30.0)
+        kept = short.ingest.playout.capacity / PLAYOUT_RATE
+        # Playout reads at the delay; a chunk's window (with its audio margins) once captured; 10 s slack.
+        assert kept == pytest.approx(5.5 + PLAN.window / 25 + RING_SLACK)
+        assert short.ingest.model.capacity / 16_000 == pytest.approx(kept)
+        assert long.ingest.playout.capacity / PLAYOUT_RATE == 40.0  # at most buffer_seconds
+        for session in (short, long):
+            await session.stop("test")
     finally:
         await pool.close()

@@ -115,8 +115,8 @@ def test_sessions_on_one_clip_track_each_frame_once_and_match_one_session_alone(
         sessions = [ChunkEngine(shared, generator, PLAN) for generator in generators[1:]]
         own_tracks = [CountingFaces() for _ in generators]
         for generator, counter in zip(generators, own_tracks):
-            generator._faces.close()
-            generator._faces = counter  # the generator's own tracker: it must not run
+            assert generator._own_faces is None  # made when first needed: shared landmarks never need it
+            generator._own_faces = counter  # the generator's own tracker: it must not run
         (expected,) = _dub([alone], spoken)
         outputs = _dub(sessions, spoken)
     finally:
@@ -150,8 +150,7 @@ def test_a_generator_without_shared_landmarks_tracks_its_own(frames, spoken):
     generator = build()
     try:
         counter = CountingFaces()
-        generator._faces.close()
-        generator._faces = counter
+        generator._own_faces = counter
         engine = ChunkEngine(PlainSource(), generator, PLAN)
         request = engine.request(0, spoken)
         assert request.source_landmarks is None

@@ -22,6 +22,7 @@ One generator owns one face tracker, which is stateful (video tracking) and not 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -43,12 +44,22 @@ class LiteGenerator:
     uses_source_landmarks = True  # a request's shared landmarks replace its own tracking of the frames
 
     def __init__(self) -> None:
-        self._faces = FaceLandmarks()
+        _load_face_models()
+        self._own_faces: FaceLandmarks | None = None  # made on first use (see _faces)
         self._lock = threading.Lock()
         self._still: np.ndarray | None = None  # the last still reference and its geometry
         self._still_geometry: mouth.MouthGeometry | None = None
         self._all_faces: FaceLandmarks | None = None  # made on the first two-speaker request
         self._still_pair: tuple | None = None  # a still, the picks and the two faces' geometry
+
+    @property
+    def _faces(self) -> FaceLandmarks:
+        """This instance's own face tracker, made when first needed: a request that carries its source's
+        shared landmarks (a video source's, every session's on it) never needs one, and each is two
+        mediapipe graphs, 51 MiB (a host worker holds an instance per session)."""
+        if self._own_faces is None:
+            self._own_faces = FaceLandmarks()
+        return self._own_faces
 
     def generate(self, request: ChunkRequest) -> ChunkResult:
         with self._lock:
@@ -134,7 +145,8 @@ class LiteGenerator:
         return joined
 
     def close(self) -> None:
-        self._faces.close()
+        if self._own_faces is not None:
+            self._own_faces.close()
         if self._all_faces is not None:
             self._all_faces.close()
 
@@ -148,6 +160,13 @@ def _measure_pair(image: np.ndarray, faces: list[np.ndarray], picks: SpeakerFace
         return None
     geometries = tuple(mouth.measure(image, landmarks) for landmarks in pair)
     return None if None in geometries else geometries
+
+
+@functools.cache
+def _load_face_models() -> None:
+    """Load mediapipe's face models once per process, with its first generator (0.4 s; a tracker made
+    after that takes 0.04 s): a session's first chunk that needs its own tracker does not pay for it."""
+    FaceLandmarks().close()
 
 
 def build(device: str | None = None, **options) -> LiteGenerator:
