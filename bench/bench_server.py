@@ -264,6 +264,7 @@ async def one_session(base: str, index: int, args, speech: np.ndarray, camera: l
     return {"audio_delays": audio, "video_delays": video, "fps": fps, "first_frame": first_frame,
             "server_fps": stats["fps_out"], "av_send": stats["av_offset_send"], "server_skipped": stats["frames_skipped"],
             "chunks": stats["chunks"], "tiers": stats["tiers"], "cost": stats["cost"]["mean"],
+            "settled": stats["ingest"]["settled"], "anchor_late": stats["ingest"]["anchor_late"],
             "generator": stats["cost"]["generator_mean"], "extra": extra,
             "chunk_events": chunk_events}
 
@@ -301,6 +302,8 @@ async def run(base: str, pid: int, sessions: int, args, speech, camera) -> dict:
                                             for r in results))
     av_send = ", ".join(f"p50 {r['av_send']['p50'] * 1000:+.1f} ms / p95 {r['av_send']['p95'] * 1000:+.1f} ms"
                         for r in results if r["av_send"]["p50"] is not None)
+    print("  speech anchor per session, settled / still late (ms): " + ", ".join(
+        f"{r['settled'] * 1000:.0f} / {r['anchor_late'] * 1000:.0f}" for r in results))
     print(f"A/V offset as sent by the server (video - audio send time, same instant): {av_send}")
     if video:
         print(f"video delay glass to glass:  {percentiles(video)}  ({len(video)} frames)")

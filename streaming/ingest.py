@@ -139,6 +139,9 @@ class LiveAudioIngest:
         self.frames_received = 0
         self.reanchors = 0
         self.settled_seconds = 0.0  # how far settling moved the anchor earlier, all told
+        # How much later the current anchor is than the earliest arrival seen after its settling ended: what
+        # a start-up stall longer than the settling added to the session's delay (0: none).
+        self.anchor_late = 0.0
         # Settling, for the current anchor: the arrival up to which it may move, where the anchored
         # stream begins in each ring, and how far back each may go without overwriting earlier samples.
         self._settle_until = float("-inf")
@@ -161,6 +164,8 @@ class LiveAudioIngest:
         elif arrival <= self._settle_until and self._anchor - (arrival_index - stamp) > (
                 SETTLE_TOLERANCE * PLAYOUT_RATE):
             self._settle(self._anchor - (arrival_index - stamp))  # only earlier: a later one is delay
+        elif self._anchor - (arrival_index - stamp) > self.anchor_late * PLAYOUT_RATE:
+            self.anchor_late = (self._anchor - (arrival_index - stamp)) / PLAYOUT_RATE  # fixed: only noted
         position = self._anchor + stamp
         layout = "mono" if frame.layout.nb_channels == 1 else "stereo"  # more than 2: FFmpeg's downmix
         if layout != self._playout_layout:  # by hand, not FFmpeg's upmix: that puts mono at -3 dB
@@ -184,6 +189,7 @@ class LiveAudioIngest:
         if self._anchor is not None:
             self.reanchors += 1
         self._anchor = anchor
+        self.anchor_late = 0.0
         # The model ring continues from this frame's place; fresh resamplers carry no stale state.
         self._model_next = max(0, position) * AUDIO_RATE // PLAYOUT_RATE
         self._playout_layout = ""  # made for the next frame's channels

@@ -265,6 +265,7 @@ class LiveSession:
                                                                   round(self.warm_up.warm, 4)),
             ingest=IngestStats(self.ingest.frames_received, self.ingest.ended,
                                round(self.ingest.model.end / AUDIO_RATE, 3),
-                               self.live.frames_received if self.live is not None else 0, second),
+                               self.live.frames_received if self.live is not None else 0,
+                               round(self.ingest.settled_seconds, 4), round(self.ingest.anchor_late, 4), second),
             reported={name: report() for name, report in self.reporters.items()},
         )

@@ -84,6 +84,8 @@ class IngestStats:
     ended: bool
     seconds: float  # speech received
     video_frames: int  # live video frames received (0 without live video)
+    settled: float  # seconds the speech anchor moved earlier while settling (a late first frame)
+    anchor_late: float  # seconds the fixed anchor is later than the earliest arrival since (added delay)
     speaker2: SpeakerStats | None = None  # None: one speaker (left out of the wire form)
 
 

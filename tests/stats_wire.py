@@ -18,7 +18,8 @@ DOCUMENTED = {
     "cost": {"last": MAYBE_NUMBER, "mean": MAYBE_NUMBER, "p50": MAYBE_NUMBER, "p95": MAYBE_NUMBER,
              "generator_mean": MAYBE_NUMBER},
     "warm_up": (type(None), {"cold": NUMBER, "warm": NUMBER}),
-    "ingest": {"frames": int, "ended": bool, "seconds": NUMBER, "video_frames": int},
+    "ingest": {"frames": int, "ended": bool, "seconds": NUMBER, "video_frames": int, "settled": NUMBER,
+               "anchor_late": NUMBER},
 }
 SPEAKER2 = {"frames": int, "ended": bool, "faces": list}
 OUTPUT_KEYS = {"output", "url", "state", "connects", "attempts", "frames", "dropped", "retry_in", "error",

@@ -112,6 +112,13 @@ def test_frames_after_the_window_do_not_move_the_anchor():
     ingest = push_all(arrivals)
     assert ingest.settled_seconds == 0
     assert_same_rings(ingest, push_all([t + late for t in on_time(frames)]))
+    # Not moved, but noted: the session's speech is that much later than it could be (its stats say so).
+    assert ingest.anchor_late == pytest.approx(late, abs=1 / PLAYOUT_RATE)
+
+
+def test_on_time_frames_note_no_late_anchor():
+    ingest = push_all(on_time(120))
+    assert ingest.settled_seconds == 0 and ingest.anchor_late == 0
 
 
 def test_settling_never_moves_back_over_what_an_earlier_anchor_placed():

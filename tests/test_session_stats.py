@@ -19,7 +19,7 @@ STATS = SessionStats(
     delay=DelayStats(4.2, 0.12, Percentiles(4.05, 4.11)), av_offset_send=Percentiles(None, None),
     chunks=ChunkStats(5, 1, 0, 0, 2), tiers={"full": 3, "draft": 2}, frames={"generated": 40, "idle": 3},
     fps_out=0.0, viewers=0, frames_skipped=0, cost=CostStats(0.2, 0.25, 0.24, 0.3, 0.2), warm_up=None,
-    ingest=IngestStats(100, False, 2.0, 0))
+    ingest=IngestStats(100, False, 2.0, 0, 0.0, 0.0))
 OUTPUT = {"output": "o1", "url": "rtmp://host/app/***", "state": "connected", "connects": 1, "attempts": 1,
           "frames": 3, "dropped": 0, "retry_in": None, "error": None, "stream_start": 0.5}
 
@@ -35,7 +35,7 @@ def test_the_wire_form_is_the_documented_json():
 
 def test_two_speakers_warm_up_and_reported_outputs_appear_in_the_wire_form():
     stats = dataclasses.replace(STATS, warm_up=WarmUpStats(3.5, 0.4),
-                                ingest=IngestStats(100, False, 2.0, 0, SpeakerStats(90, True, [0.9, 0])),
+                                ingest=IngestStats(100, False, 2.0, 0, 0.0, 0.0, SpeakerStats(90, True, [0.9, 0])),
                                 reported={"outputs": [OUTPUT]})
     wire = stats.to_wire()
     check_documented(wire, speakers=2, outputs=True)
