@@ -33,22 +33,13 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from _media_servers import Nginx, missing_nginx  # noqa: E402
 from _server_support import speech_48k  # noqa: E402
+from procstat import cpu_seconds, stat_fields  # noqa: E402
 from server.app import LiveServer  # noqa: E402
 from server.config import build_config  # noqa: E402
 from server.demo import prepare_live  # noqa: E402
 from streaming.ingest import PLAYOUT_RATE  # noqa: E402
 
 BLOCK = 960
-
-
-def process_seconds(pid: int | None = None) -> float:
-    """CPU seconds (user + system) of this process, or of ``pid`` (from /proc)."""
-    if pid is None:
-        times = os.times()
-        return times.user + times.system
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def feed_forever(session, speech: np.ndarray) -> None:
@@ -70,8 +61,7 @@ def relay_pids() -> list[int]:
     pids = []
     for name in os.listdir("/proc"):
         try:
-            with open(f"/proc/{name}/stat") as handle:
-                parent = int(handle.read().rpartition(")")[2].split()[1])
+            parent = int(stat_fields(int(name))[1])
             with open(f"/proc/{name}/cmdline", "rb") as handle:
                 relay = b"server.rtmp_relay" in handle.read()
         except (OSError, ValueError):
@@ -84,13 +74,13 @@ def relay_pids() -> list[int]:
 async def measure(seconds: float, nginx_pid: int) -> tuple[float, float, float]:
     """% of one core: this process, its relays, nginx."""
     relays = relay_pids()
-    wall, ours, theirs = time.monotonic(), process_seconds(), process_seconds(nginx_pid)
-    relayed = sum(process_seconds(pid) for pid in relays)
+    wall, ours, theirs = time.monotonic(), cpu_seconds(), cpu_seconds(nginx_pid)
+    relayed = sum(cpu_seconds(pid) for pid in relays)
     await asyncio.sleep(seconds)
     wall = time.monotonic() - wall
-    relayed = sum(process_seconds(pid) for pid in relays) - relayed  # a relay that ended mid-way would raise
-    return (100 * (process_seconds() - ours) / wall, 100 * relayed / wall,
-            100 * (process_seconds(nginx_pid) - theirs) / wall)
+    relayed = sum(cpu_seconds(pid) for pid in relays) - relayed  # a relay that ended mid-way would raise
+    return (100 * (cpu_seconds() - ours) / wall, 100 * relayed / wall,
+            100 * (cpu_seconds(nginx_pid) - theirs) / wall)
 
 
 async def main(args: argparse.Namespace) -> None:

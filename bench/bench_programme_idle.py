@@ -21,8 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from bench_programme import SENDER  # noqa: E402  (the same sender)
-
-TICK = os.sysconf("SC_CLK_TCK")
+from procstat import cpu_seconds  # noqa: E402
 
 
 def relay_cpu() -> float:
@@ -32,11 +31,9 @@ def relay_cpu() -> float:
     total = 0.0
     for relay in relay_children():
         try:
-            with open(f"/proc/{relay.split()[0]}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
+            total += cpu_seconds(int(relay.split()[0]))
+        except OSError:  # ended meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICK
     return total
 
 

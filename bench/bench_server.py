@@ -45,6 +45,7 @@ sys.path.insert(0, ROOT)
 from client.control import ControlClient  # noqa: E402
 from client.recorder import place_audio, to_mono  # noqa: E402
 from client.webrtc import Publisher, SpeechTrack, Viewer, read_speech  # noqa: E402
+from procstat import stat_fields  # noqa: E402  (bench/, beside this file)
 from server.demo import prepare_live  # noqa: E402
 from streaming.source import VideoSource  # noqa: E402
 
@@ -135,18 +136,13 @@ def speech_delays(sent: np.ndarray, sent_at: float, received: np.ndarray, receiv
     return delays
 
 
-def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().rsplit(")", 1)[1].split()
-
-
 def server_processes(pid: int):
     """(process id, its /proc stat fields) of the server and of its worker processes."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = _stat(int(entry))
+            fields = stat_fields(int(entry))
         except OSError:
             continue
         if int(entry) == pid or int(fields[1]) == pid:

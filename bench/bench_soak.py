@@ -42,6 +42,7 @@ sys.path.insert(0, ROOT)
 from bench_server import livedub_serve  # noqa: E402
 from client.control import ControlClient  # noqa: E402
 from client.webrtc import Publisher, SpeechTrack, Viewer, read_speech  # noqa: E402
+from procstat import stat_fields  # noqa: E402
 from server.demo import prepare_live  # noqa: E402
 from server.peers import offer_loopback_candidates  # noqa: E402
 
@@ -63,8 +64,7 @@ def _children() -> dict[int, list[int]]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                parent = int(stat_fields(int(entry))[1])
             except (OSError, IndexError, ValueError):
                 continue
             tree.setdefault(parent, []).append(int(entry))
