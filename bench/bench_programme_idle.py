@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ async def run(width: int, height: int, seconds: float, idle_after: float) -> dic
     sender = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SENDER.format(root=ROOT, tests=os.path.join(ROOT, "tests"), width=width,
                                             height=height, seconds=seconds * 4 + 10, port=port),
-        stdout=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, start_new_session=True)  # its own group: its relay is killed with it
     phases = {}
     try:
         await until(lambda: programme.state == "connected", 20)
@@ -82,7 +83,7 @@ async def run(width: int, height: int, seconds: float, idle_after: float) -> dic
             await asyncio.sleep(1.0)
             phases["unused_again"] = await phase(programme, seconds)
     finally:
-        sender.kill()
+        os.killpg(sender.pid, signal.SIGKILL)  # the sender and its srt-live-transmit (an orphan would go on)
         await sender.wait()
         await programme.close()
     return phases
