@@ -215,8 +215,9 @@ class VideoEncoder(_Encoder):
 
     def _encode(self, n: int) -> Encoded:
         image = np.ascontiguousarray(self.playout.frame(n))
-        if image_size(image) != self._size:  # a live source's first frame set the size: a new stream
-            self._size = image_size(image)
+        size = image_size(image)
+        if size != self._size:  # a live source's first frame set the size: a new stream
+            self._size = size
             self._codec = _video_codec(self.mime, self._size)
             self._keyframe_wanted = True
         frame = yuv420_frame(image)
